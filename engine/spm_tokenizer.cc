@@ -1,0 +1,2 @@
+// Placeholder: implemented in a following commit.
+namespace sinkserve::engine {}

@@ -1,0 +1,52 @@
+// The tokenizer's vocabulary as a GGUF file describes it (tokenizer.ggml.*).
+#ifndef SINKSERVE_ENGINE_VOCAB_H_
+#define SINKSERVE_ENGINE_VOCAB_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/gguf.h"
+
+namespace sinkserve::engine {
+
+enum class TokenizerModel {
+  kSpm,  // tokenizer.ggml.model = "llama": SentencePiece with scores
+  kBpe,  // tokenizer.ggml.model = "gpt2": byte-level BPE with merges
+};
+
+// tokenizer.ggml.token_type values.
+enum class TokenType : int32_t {
+  kUndefined = 0,
+  kNormal = 1,
+  kUnknown = 2,
+  kControl = 3,
+  kUserDefined = 4,
+  kUnused = 5,
+  kByte = 6,
+};
+
+struct Vocab {
+  TokenizerModel model = TokenizerModel::kSpm;
+  std::string pre = "default";  // tokenizer.ggml.pre
+  std::vector<std::string> tokens;
+  std::vector<float> scores;         // empty when the file has none
+  std::vector<TokenType> types;      // kNormal when the file has none
+  std::vector<std::string> merges;   // "left right", BPE only, rank order
+  int32_t bos_id = -1;
+  int32_t eos_id = -1;
+  int32_t unk_id = -1;
+  int32_t pad_id = -1;
+  bool add_bos = false;
+  bool add_eos = false;
+  bool add_space_prefix = true;
+  std::string chat_template;  // tokenizer.chat_template, may be empty
+
+  // Validates counts (scores/types match tokens), special ids in range.
+  static absl::StatusOr<Vocab> FromGguf(const GgufFile& file);
+};
+
+}  // namespace sinkserve::engine
+
+#endif  // SINKSERVE_ENGINE_VOCAB_H_

@@ -1,0 +1,26 @@
+// Entry points of the `sinkserve` subcommands. Each takes the arguments after
+// the subcommand name and returns the process exit code (see flags.h).
+#ifndef SINKSERVE_SERVICE_CLI_COMMANDS_H_
+#define SINKSERVE_SERVICE_CLI_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "service/cli/flags.h"
+
+namespace sinkserve::cli {
+
+int RunTokenize(const std::vector<std::string>& args);
+int RunInspect(const std::vector<std::string>& args);
+
+// Parses `args` into `flags`; on --help prints usage and returns kExitOk, on a
+// bad argument prints one line and returns kExitUsage; -1 means "go on".
+int ParseOrExit(FlagSet& flags, const std::vector<std::string>& args);
+
+// Prints "sinkserve <command>: <message>" on stderr and returns kExitError.
+int Fail(std::string_view command, const absl::Status& status);
+
+}  // namespace sinkserve::cli
+
+#endif  // SINKSERVE_SERVICE_CLI_COMMANDS_H_

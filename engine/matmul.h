@@ -1,0 +1,45 @@
+// Matrix products against GGUF weights, computed in the weights' own format.
+//
+// Quantized weights are never dequantized as a whole: activations are
+// quantized per row to Q8_0 / Q8_K (as ggml does) and integer dot products run
+// on the blocks straight from the memory map. SIMD through Highway with
+// run-time dispatch (one binary uses AVX2 / AVX-512 where present).
+#ifndef SINKSERVE_ENGINE_MATMUL_H_
+#define SINKSERVE_ENGINE_MATMUL_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "engine/ggml_types.h"
+#include "engine/gguf.h"
+#include "engine/thread_pool.h"
+
+namespace sinkserve::engine {
+
+// A 2-D weight W of shape (rows = out, cols = in), row-major, each row
+// `cols` elements of `type` (ggml shape {cols, rows}).
+struct WeightMatrix {
+  const GgmlTypeTraits* type = nullptr;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_bytes = 0;
+
+  // From a GGUF tensor of 2 dims; INVALID_ARGUMENT for an unsupported type.
+  static absl::StatusOr<WeightMatrix> FromTensor(const GgufTensorInfo& tensor);
+};
+
+// Types MatMul computes in: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K.
+bool IsSupportedWeightType(GgmlType type);
+
+// y (n, w.rows) = x (n, w.cols) @ W^T. Split over output rows for n small
+// (decode: memory-bound, each thread streams its own rows of W) and over rows
+// x token tiles for large n (prefill: W rows reused across tokens from cache).
+void MatMul(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool* pool);
+
+// Row `row` of W as floats (embedding lookup). out: (w.cols).
+void DequantizeRow(const WeightMatrix& w, int64_t row, float* out);
+
+}  // namespace sinkserve::engine
+
+#endif  // SINKSERVE_ENGINE_MATMUL_H_

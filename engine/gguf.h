@@ -16,6 +16,7 @@
 #include <variant>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "engine/ggml_types.h"
 
@@ -134,6 +135,8 @@ class GgufFile {
   uint64_t data_offset_ = 0;
   std::vector<GgufKv> metadata_;
   std::vector<GgufTensorInfo> tensors_;
+  absl::flat_hash_map<std::string_view, size_t> metadata_index_;
+  absl::flat_hash_map<std::string_view, size_t> tensor_index_;
 };
 
 }  // namespace sinkserve::engine

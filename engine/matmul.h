@@ -2,14 +2,20 @@
 //
 // Quantized weights are never dequantized as a whole: activations are
 // quantized per row to Q8_0 / Q8_K (as ggml does) and integer dot products run
-// on the blocks straight from the memory map. SIMD through Highway with
-// run-time dispatch (one binary uses AVX2 / AVX-512 where present).
+// on the blocks straight from the memory map. Kernels exist per instruction
+// set (AVX-512 + VNNI, AVX2 + FMA + F16C, portable C++) and the best one the
+// CPU supports is chosen at run time, so one binary runs on any x86-64.
+//
+// Results are deterministic and batch-invariant: a token's outputs are the
+// same bits whatever the thread count, and whether it comes alone (decode)
+// or inside a batch (prefill).
 #ifndef SINKSERVE_ENGINE_MATMUL_H_
 #define SINKSERVE_ENGINE_MATMUL_H_
 
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/ggml_types.h"
 #include "engine/gguf.h"
 #include "engine/thread_pool.h"

@@ -23,7 +23,8 @@ class ThreadPool {
 
   // Calls fn(begin, end) on disjoint ranges covering [0, n), split into at
   // most num_threads() contiguous ranges of whole `grain`s, and returns when
-  // all are done. Not reentrant: fn must not call ParallelFor.
+  // all are done. Not reentrant: fn must not call ParallelFor; and one
+  // caller at a time (a pool serves one thread's loop).
   void ParallelFor(int64_t n, int64_t grain,
                    const std::function<void(int64_t begin, int64_t end)>& fn);
 

@@ -20,6 +20,36 @@ struct EncodeOptions {
   bool parse_special = false; // match control/user-defined token texts in input
 };
 
+// One piece of input after special-token splitting: raw text for the
+// model's algorithm, or a special token whose text appeared verbatim.
+struct TextFragment {
+  std::string_view text;  // a view into the input
+  int32_t token = -1;     // >= 0 when the fragment is a special token
+};
+
+// Splits input on special-token texts exactly as llama.cpp's
+// tokenizer_st_partition does: tokens are tried longest text first (ties by
+// id), each splitting every raw fragment left to right. User-defined tokens
+// are always matched (as HF tokenizers do for added tokens); control and
+// unknown tokens only with `parse_special`. Shared by the SPM and BPE
+// tokenizers.
+class SpecialTokenSplitter {
+ public:
+  explicit SpecialTokenSplitter(const Vocab& vocab);
+
+  // Raw fragments are never empty.
+  std::vector<TextFragment> Split(std::string_view text,
+                                  bool parse_special) const;
+
+ private:
+  struct Special {
+    std::string text;
+    int32_t id;
+    bool always;  // user-defined: matched even without parse_special
+  };
+  std::vector<Special> specials_;  // longest text first
+};
+
 class Tokenizer {
  public:
   // Picks the implementation from tokenizer.ggml.model; an unknown model or

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/gguf.h"
 
@@ -45,6 +46,15 @@ struct Vocab {
 
   // Validates counts (scores/types match tokens), special ids in range.
   static absl::StatusOr<Vocab> FromGguf(const GgufFile& file);
+
+  // The checks FromGguf makes, for vocabularies built in code: non-empty,
+  // scores/types empty or one per token, special ids -1 or in range.
+  absl::Status Validate() const;
+
+  // types[id], or kNormal when the vocab has no types (callers check range).
+  TokenType type(int32_t id) const {
+    return types.empty() ? TokenType::kNormal : types[id];
+  }
 };
 
 }  // namespace sinkserve::engine

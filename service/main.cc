@@ -41,6 +41,8 @@ struct Command {
 constexpr Command kCommands[] = {
     {"inspect", sinkserve::cli::RunInspect, "print a GGUF model's architecture and tensors"},
     {"tokenize", sinkserve::cli::RunTokenize, "print the token ids of a text"},
+    {"generate", sinkserve::cli::RunGenerate, "continue a prompt on the CPU (streams text)"},
+    {"bench", sinkserve::cli::RunBench, "measure prefill/decode speed and memory bandwidth"},
 };
 
 int Usage(std::ostream& out) {

@@ -13,6 +13,8 @@ namespace sinkserve::cli {
 
 int RunTokenize(const std::vector<std::string>& args);
 int RunInspect(const std::vector<std::string>& args);
+int RunGenerate(const std::vector<std::string>& args);
+int RunBench(const std::vector<std::string>& args);
 
 // Parses `args` into `flags`; on --help prints usage and returns kExitOk, on a
 // bad argument prints one line and returns kExitUsage; -1 means "go on".

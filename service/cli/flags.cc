@@ -7,13 +7,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/strings/string_view.h"
 
 namespace sinkserve::cli {
 namespace {
 
 constexpr int kMaxFlagfileDepth = 8;
 
-absl::Status CheckValue(const FlagSpec& spec, std::string_view value) {
+
+absl::Status CheckValue(const FlagSpec& spec, absl::string_view value) {
   bool ok = true;
   switch (spec.kind) {
     case FlagKind::kString:
@@ -32,7 +34,7 @@ absl::Status CheckValue(const FlagSpec& spec, std::string_view value) {
       ok = value == "true" || value == "false" || value == "1" || value == "0";
       break;
     case FlagKind::kIntList:
-      for (std::string_view part : absl::StrSplit(value, ',')) {
+      for (absl::string_view part : absl::StrSplit(value, ',')) {
         int64_t v;
         if (!absl::SimpleAtoi(part, &v)) ok = false;
       }
@@ -50,14 +52,14 @@ absl::Status CheckValue(const FlagSpec& spec, std::string_view value) {
 FlagSet::FlagSet(std::string command, std::string synopsis, std::vector<FlagSpec> specs)
     : command_(std::move(command)), synopsis_(std::move(synopsis)), specs_(std::move(specs)) {}
 
-const FlagSpec* FlagSet::Find(std::string_view name) const {
+const FlagSpec* FlagSet::Find(absl::string_view name) const {
   for (const FlagSpec& spec : specs_) {
     if (spec.name == name) return &spec;
   }
   return nullptr;
 }
 
-absl::Status FlagSet::Set(const FlagSpec& spec, std::string_view value) {
+absl::Status FlagSet::Set(const FlagSpec& spec, absl::string_view value) {
   if (absl::Status s = CheckValue(spec, value); !s.ok()) return s;
   values_[spec.name] = std::string(value);
   return absl::OkStatus();
@@ -69,7 +71,7 @@ absl::Status FlagSet::Parse(const std::vector<std::string>& args) {
 
 absl::Status FlagSet::ParseArgs(const std::vector<std::string>& args, int depth) {
   for (size_t i = 0; i < args.size(); ++i) {
-    std::string_view arg = args[i];
+    absl::string_view arg = args[i];
     if (arg == "--") {
       positional_.insert(positional_.end(), args.begin() + i + 1, args.end());
       break;
@@ -82,10 +84,10 @@ absl::Status FlagSet::ParseArgs(const std::vector<std::string>& args, int depth)
       positional_.push_back(args[i]);
       continue;
     }
-    std::string_view name = arg;
-    std::string_view value;
+    absl::string_view name = arg;
+    absl::string_view value;
     bool has_value = false;
-    if (size_t eq = arg.find('='); eq != std::string_view::npos) {
+    if (size_t eq = arg.find('='); eq != absl::string_view::npos) {
       name = arg.substr(0, eq);
       value = arg.substr(eq + 1);
       has_value = true;
@@ -131,43 +133,43 @@ absl::Status FlagSet::ParseFile(const std::string& path, int depth) {
   std::vector<std::string> args;
   std::string line;
   while (std::getline(in, line)) {
-    std::string_view text = absl::StripAsciiWhitespace(line);
+    absl::string_view text = absl::StripAsciiWhitespace(line);
     if (text.empty() || text[0] == '#') continue;
     args.emplace_back(text);
   }
   return ParseArgs(args, depth);
 }
 
-bool FlagSet::Has(std::string_view name) const { return values_.count(name) > 0; }
+bool FlagSet::Has(absl::string_view name) const { return values_.count(name) > 0; }
 
-std::string FlagSet::GetString(std::string_view name) const {
+std::string FlagSet::GetString(absl::string_view name) const {
   if (auto it = values_.find(name); it != values_.end()) return it->second;
   const FlagSpec* spec = Find(name);
   return spec ? spec->default_value : "";
 }
 
-int64_t FlagSet::GetInt(std::string_view name) const {
+int64_t FlagSet::GetInt(absl::string_view name) const {
   int64_t v = 0;
   (void)absl::SimpleAtoi(GetString(name), &v);
   return v;
 }
 
-double FlagSet::GetDouble(std::string_view name) const {
+double FlagSet::GetDouble(absl::string_view name) const {
   double v = 0;
   (void)absl::SimpleAtod(GetString(name), &v);
   return v;
 }
 
-bool FlagSet::GetBool(std::string_view name) const {
+bool FlagSet::GetBool(absl::string_view name) const {
   std::string v = GetString(name);
   return v == "true" || v == "1";
 }
 
-std::vector<int64_t> FlagSet::GetIntList(std::string_view name) const {
+std::vector<int64_t> FlagSet::GetIntList(absl::string_view name) const {
   std::vector<int64_t> out;
   std::string text = GetString(name);
   if (text.empty()) return out;
-  for (std::string_view part : absl::StrSplit(text, ',')) {
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
     int64_t v = 0;
     (void)absl::SimpleAtoi(part, &v);
     out.push_back(v);

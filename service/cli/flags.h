@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace sinkserve::cli {
 
@@ -35,19 +36,19 @@ class FlagSet {
   // arguments are collected in order. Errors are INVALID_ARGUMENT.
   absl::Status Parse(const std::vector<std::string>& args);
 
-  bool Has(std::string_view name) const;  // given on the command line
-  std::string GetString(std::string_view name) const;
-  int64_t GetInt(std::string_view name) const;
-  double GetDouble(std::string_view name) const;
-  bool GetBool(std::string_view name) const;
-  std::vector<int64_t> GetIntList(std::string_view name) const;
+  bool Has(absl::string_view name) const;  // given on the command line
+  std::string GetString(absl::string_view name) const;
+  int64_t GetInt(absl::string_view name) const;
+  double GetDouble(absl::string_view name) const;
+  bool GetBool(absl::string_view name) const;
+  std::vector<int64_t> GetIntList(absl::string_view name) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
   std::string Usage() const;
 
  private:
-  const FlagSpec* Find(std::string_view name) const;
-  absl::Status Set(const FlagSpec& spec, std::string_view value);
+  const FlagSpec* Find(absl::string_view name) const;
+  absl::Status Set(const FlagSpec& spec, absl::string_view value);
   absl::Status ParseFile(const std::string& path, int depth);
   absl::Status ParseArgs(const std::vector<std::string>& args, int depth);
 

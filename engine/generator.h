@@ -1,0 +1,121 @@
+// A single-sequence decode loop: prompt -> chunked prefill -> sample ->
+// stream text, until end of text, a stop string, max tokens or a full cache.
+//
+// The cache is the simplest one there is (InOrderCache: cell i in slot i at
+// position i, nothing evicted). All of the loop's cache bookkeeping goes
+// through that one class, so the memory module's policies can replace it.
+#ifndef SINKSERVE_ENGINE_GENERATOR_H_
+#define SINKSERVE_ENGINE_GENERATOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/backend.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+
+namespace sinkserve::engine {
+
+// Cell i lives in slot i at RoPE position i; cells are only appended.
+class InOrderCache {
+ public:
+  explicit InOrderCache(int capacity);
+
+  int size() const { return size_; }
+  int capacity() const { return static_cast<int>(index_.size()); }
+  int free() const { return capacity() - size_; }
+  void Clear() { size_ = 0; }
+
+  // Fills the cache fields of `step` (context = every cell so far; `n` new
+  // tokens in the next slots). Needs n <= free(). Spans point into the cache.
+  void Plan(int n, SequenceStep* step) const;
+  // Records that the `n` planned tokens are now cached.
+  void Commit(int n) { size_ += n; }
+
+ private:
+  std::vector<int32_t> index_;  // (capacity): 0, 1, 2, ... serves as slots and positions
+  int size_ = 0;
+};
+
+enum class StopReason {
+  kMaxTokens,    // max_tokens generated
+  kEndOfText,    // EOS, or BOS emitted mid-text (llama2.c models end a story so)
+  kStopString,   // generated text reached a stop string
+  kContextFull,  // the cache has no room for the next token
+  kCancelled,    // a callback asked to stop
+};
+std::string_view StopReasonName(StopReason reason);
+
+struct GeneratorOptions {
+  // Tokens to generate at most.
+  // Default: 256.
+  int max_tokens = 256;
+  // Prompt tokens per prefill step (bounds activation memory).
+  // Default: 512.
+  int prefill_chunk = 512;
+  // Generation stops before the first occurrence of any of these in the text;
+  // the stop string itself is not emitted.
+  // Default: none.
+  std::vector<std::string> stop_strings;
+  // Whether EOS (and BOS emitted mid-text) end the generation; when false
+  // they are generated and fed back like any token (fixed-length runs).
+  // Default: true.
+  bool stop_at_end_of_text = true;
+};
+
+struct GeneratorCallbacks {
+  // Every generated token except the one ending the text; false stops.
+  std::function<bool(int32_t id)> on_token;
+  // Text as it becomes final (whole UTF-8 characters, stop strings held back).
+  std::function<void(std::string_view text)> on_text;
+  // When set, logits of every position are computed and passed here:
+  // (rows, vocab) for each forward step (prefill chunks, then one row per
+  // fed-back token). Costs a vocab-wide matmul per prompt token.
+  std::function<void(absl::Span<const float> logits, int64_t rows)> on_logits;
+};
+
+struct GenerationStats {
+  int prompt_tokens = 0;
+  double prompt_seconds = 0;  // prefill, up to the first logits
+  int generated_tokens = 0;
+  double generate_seconds = 0;  // from the first logits to the end
+  StopReason stop = StopReason::kMaxTokens;
+};
+
+class Generator {
+ public:
+  // A generator with its own KV storage of `capacity` cells.
+  static absl::StatusOr<std::unique_ptr<Generator>> Create(Backend* backend,
+                                                           const Tokenizer* tokenizer,
+                                                           int capacity);
+
+  // Starts from an empty cache, feeds `prompt` (ids, BOS included when
+  // wanted) and generates. Tokens of the prompt enter the sampler's penalty
+  // window. INVALID_ARGUMENT for an empty prompt or one over capacity.
+  absl::StatusOr<GenerationStats> Generate(absl::Span<const int32_t> prompt,
+                                           Sampler& sampler, const GeneratorOptions& options,
+                                           const GeneratorCallbacks& callbacks);
+
+ private:
+  Generator(Backend* backend, const Tokenizer* tokenizer, std::unique_ptr<KvStorage> kv);
+  // Runs `tokens` through the backend at the end of the cache.
+  absl::Status Feed(absl::Span<const int32_t> tokens, LogitsMode mode,
+                    const GeneratorCallbacks& callbacks);
+  bool IsEndOfText(int32_t id) const;
+
+  Backend* backend_;
+  const Tokenizer* tokenizer_;
+  std::unique_ptr<KvStorage> kv_;
+  InOrderCache cache_;
+  StepResult result_;
+};
+
+}  // namespace sinkserve::engine
+
+#endif  // SINKSERVE_ENGINE_GENERATOR_H_

@@ -1,0 +1,296 @@
+#include "engine/matmul.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "engine/matmul_internal.h"
+#include "engine/quant_blocks.h"
+#include "engine/quant_ref.h"
+#include "hwy/targets.h"
+
+namespace sinkserve::engine {
+namespace matmul_internal {
+namespace {
+
+const KernelSet* KernelsFor(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return Avx512Kernels();
+    case Isa::kAvx2:
+      return Avx2Kernels();
+    case Isa::kScalar:
+      break;
+  }
+  return ScalarKernels();
+}
+
+// SINKSERVE_MATMUL_ISA=scalar|avx2|avx512 caps the choice (benchmarks, bug
+// hunts); an unsupported request falls back to the best supported set.
+Isa BestIsa() {
+  Isa best = Isa::kScalar;
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (IsaSupported(isa)) best = isa;
+  }
+  if (const char* env = std::getenv("SINKSERVE_MATMUL_ISA")) {
+    const std::string_view want(env);
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+      if (want == KernelsFor(isa)->name && IsaSupported(isa)) return isa;
+    }
+  }
+  return best;
+}
+
+const KernelSet* g_forced = nullptr;
+
+}  // namespace
+
+bool IsaSupported(Isa isa) {
+  if (KernelsFor(isa) == nullptr) return false;
+  if (isa == Isa::kScalar) return true;
+#if defined(__x86_64__) && defined(__GNUC__)
+  // Highway's target bits include the OS (XSAVE) support checks.
+  const int64_t targets = hwy::SupportedTargets();
+  if (isa == Isa::kAvx2) return (targets & HWY_AVX2) != 0;
+  return (targets & (HWY_AVX3 | HWY_AVX3_DL)) != 0 && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+const KernelSet& ActiveKernels() {
+  if (g_forced != nullptr) return *g_forced;
+  static const KernelSet* const kBest = KernelsFor(BestIsa());
+  return *kBest;
+}
+
+void SetIsaForTest(Isa isa) { g_forced = IsaSupported(isa) ? KernelsFor(isa) : nullptr; }
+void ResetIsaForTest() { g_forced = nullptr; }
+
+}  // namespace matmul_internal
+
+namespace {
+
+using matmul_internal::Activations;
+using matmul_internal::GemmFn;
+using matmul_internal::KernelSet;
+
+// Rough single-core speeds for sizing the thread team: reading W (from
+// cache: the matrices small enough for the team size to matter are the ones
+// that stay cached between steps) and multiply-adds.
+constexpr double kBytesPerNs = 64.0;
+constexpr double kMacsPerNs = 30.0;
+// Below this much work per thread, waking another thread costs more than it
+// saves. Measured on Zen 4: a 512 x 64 F32 matmul (~2 us) is no faster on
+// two threads, a 256 x 256 one (~4 us) is 1.9x faster.
+constexpr double kMinNsPerThread = 2000.0;
+double g_min_ns_per_thread = kMinNsPerThread;
+// Threads get whole multiples of this many rows, the largest tile height of
+// any kernel, so that no thread ends with a partial tile in mid-matrix.
+constexpr int64_t kRowGrain = 16;
+// Below this many activation values, quantization runs on the caller alone.
+constexpr int64_t kParallelQuantizeValues = 1 << 16;
+
+// Activation buffers of the calling thread, grown as needed and reused so
+// that steady-state steps allocate nothing. MatMul is not reentrant per
+// thread (pool workers never call it), so one set per thread suffices.
+struct Scratch {
+  std::vector<int8_t> qs;        // (n, cols)
+  std::vector<float> d;          // (n, cols / 32) or (n, cols / 256)
+  std::vector<int32_t> neg_sums; // (n, cols / 32)
+  std::vector<int16_t> bsums;    // (n, cols / 16)
+  std::vector<float> dsums;      // (n, cols / 32)
+};
+
+template <class T>
+T* Grow(std::vector<T>& v, int64_t size) {
+  if (static_cast<int64_t>(v.size()) < size) v.resize(size);
+  return v.data();
+}
+
+GemmFn GemmFor(const KernelSet& k, GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32:
+      return k.f32;
+    case GgmlType::kF16:
+      return k.f16;
+    case GgmlType::kBF16:
+      return k.bf16;
+    case GgmlType::kQ8_0:
+      return k.q8_0;
+    case GgmlType::kQ4_0:
+      return k.q4_0;
+    case GgmlType::kQ4_K:
+      return k.q4_k;
+    case GgmlType::kQ6_K:
+      return k.q6_k;
+    default:
+      return nullptr;
+  }
+}
+
+// Runs fn(begin, end) over [0, n) on up to `threads` threads.
+template <class Fn>
+void Split(ThreadPool* pool, int threads, int64_t n, int64_t grain, const Fn& fn) {
+  if (threads <= 1 || pool == nullptr || n <= grain) {
+    fn(0, n);
+    return;
+  }
+  const int64_t grains = (n + grain - 1) / grain;
+  const int64_t per_thread = (grains + threads - 1) / threads;
+  pool->ParallelFor(n, per_thread * grain, fn);
+}
+
+// Quantizes x (n, cols) for the weight type's kernels into `s`.
+Activations Prepare(GgmlType type, const float* x, int64_t n, int64_t cols, const KernelSet& k,
+                    Scratch& s, ThreadPool* pool) {
+  Activations a{};
+  a.n = n;
+  a.cols = cols;
+  const bool k_quant = type == GgmlType::kQ4_K || type == GgmlType::kQ6_K;
+  const bool q32 = type == GgmlType::kQ8_0 || type == GgmlType::kQ4_0;
+  if (!k_quant && !q32) {
+    a.f32 = x;
+    return a;
+  }
+  int8_t* qs = Grow(s.qs, n * cols);
+  const int64_t nd = k_quant ? cols / kQK_K : cols / kQK8_0;
+  float* d = Grow(s.d, n * nd);
+  int32_t* neg_sums = q32 ? Grow(s.neg_sums, n * nd) : nullptr;
+  int16_t* bsums = k_quant ? Grow(s.bsums, n * (cols / 16)) : nullptr;
+  float* dsums = k_quant ? Grow(s.dsums, n * (cols / 32)) : nullptr;
+  const auto rows = [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      if (k_quant) {
+        k.quantize_q8_k(x + t * cols, cols, qs + t * cols, d + t * nd, bsums + t * (cols / 16),
+                        dsums + t * (cols / 32));
+      } else {
+        k.quantize_q8_0(x + t * cols, cols, qs + t * cols, d + t * nd, neg_sums + t * nd);
+      }
+    }
+  };
+  const int threads = pool == nullptr ? 1 : pool->num_threads();
+  Split(pool, n * cols >= kParallelQuantizeValues ? threads : 1, n, 1, rows);
+  a.qs = qs;
+  a.d = d;
+  a.neg_sums = neg_sums;
+  a.bsums = bsums;
+  a.dsums = dsums;
+  return a;
+}
+
+}  // namespace
+
+void matmul_internal::SetMinNsPerThreadForTest(double ns) {
+  g_min_ns_per_thread = ns < 0 ? kMinNsPerThread : ns;
+}
+
+bool IsSupportedWeightType(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32:
+    case GgmlType::kF16:
+    case GgmlType::kBF16:
+    case GgmlType::kQ8_0:
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::StatusOr<WeightMatrix> WeightMatrix::FromTensor(const GgufTensorInfo& tensor) {
+  // Debian's Abseil has its own string_view, which StrCat takes.
+  const absl::string_view name(tensor.name.data(), tensor.name.size());
+  const absl::string_view type_name =
+      tensor.type == nullptr ? absl::string_view("?")
+                             : absl::string_view(tensor.type->name.data(), tensor.type->name.size());
+  if (tensor.type == nullptr || !IsSupportedWeightType(tensor.type->type)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "': type ", type_name,
+                     " is not supported for matrix products (need f32, f16, bf16, q8_0, q4_0, "
+                     "q4_K or q6_K)"));
+  }
+  if (tensor.shape.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has ",
+                                                   tensor.shape.size(),
+                                                   " dimensions; a weight matrix needs 2"));
+  }
+  WeightMatrix w;
+  w.type = tensor.type;
+  w.data = tensor.data;
+  w.cols = tensor.shape[0];
+  w.rows = tensor.shape[1];
+  w.row_bytes = GgmlRowBytes(*tensor.type, w.cols);
+  if (w.row_bytes < 0 || w.rows < 0 || (w.data == nullptr && w.rows * w.cols > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "': ", w.cols, " columns do not fit type ", type_name));
+  }
+  return w;
+}
+
+void MatMul(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool* pool) {
+  if (n <= 0 || w.rows <= 0) return;
+  const KernelSet& k = matmul_internal::ActiveKernels();
+  const GemmFn gemm = w.type == nullptr ? nullptr : GemmFor(k, w.type->type);
+  if (gemm == nullptr || w.cols <= 0) {
+    // Not reachable through FromTensor; make misuse visible, not fatal.
+    const float fill = w.cols == 0 ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+    std::fill(y, y + n * w.rows, fill);
+    return;
+  }
+  thread_local Scratch scratch;
+  const Activations a = Prepare(w.type->type, x, n, w.cols, k, scratch, pool);
+
+  // Threads: enough that each has kMinNsPerThread of work.
+  const double ns = static_cast<double>(w.rows) * w.row_bytes / kBytesPerNs +
+                    static_cast<double>(w.rows) * w.cols * n / kMacsPerNs;
+  const int max_threads = pool == nullptr ? 1 : pool->num_threads();
+  const int threads =
+      g_min_ns_per_thread <= 0
+          ? max_threads
+          : static_cast<int>(std::clamp(ns / g_min_ns_per_thread, 1.0,
+                                        static_cast<double>(max_threads)));
+
+  // Split output rows (each thread streams its own part of W once and meets
+  // every token tile) unless there are too few rows to go round, as for a
+  // small matrix over a long prompt; then split tokens.
+  const int64_t row_tiles = (w.rows + kRowGrain - 1) / kRowGrain;
+  // One pointer captured, so that std::function needs no allocation.
+  const struct {
+    GemmFn gemm;
+    const WeightMatrix& w;
+    const Activations& a;
+    int64_t n;
+    float* y;
+  } job{gemm, w, a, n, y};
+  if (row_tiles >= 2 * threads || n <= k.tile_tokens) {
+    Split(pool, threads, w.rows, kRowGrain, [&job](int64_t begin, int64_t end) {
+      job.gemm(job.w, job.a, begin, end, 0, job.n, job.y, job.w.rows);
+    });
+  } else {
+    Split(pool, threads, n, k.tile_tokens, [&job](int64_t begin, int64_t end) {
+      job.gemm(job.w, job.a, 0, job.w.rows, begin, end, job.y, job.w.rows);
+    });
+  }
+}
+
+void DequantizeRow(const WeightMatrix& w, int64_t row, float* out) {
+  const uint8_t* src = w.data + row * w.row_bytes;
+  if (w.type->type == GgmlType::kF32) {
+    std::memcpy(out, src, w.cols * sizeof(float));
+    return;
+  }
+  // Types are checked by FromTensor, so this cannot fail.
+  (void)engine::DequantizeRow(w.type->type, src, w.cols, out);
+}
+
+}  // namespace sinkserve::engine

@@ -1,0 +1,199 @@
+#include "memory/snapshot_format.h"
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "memory/crc32c.h"
+#include "memory/session_testing.h"
+
+namespace sinkserve::memory::snapshot {
+namespace {
+
+using ::testing::HasSubstr;
+
+// RFC 3720 (iSCSI) appendix B.4 test vectors, plus the classic check value.
+TEST(Crc32cTest, KnownVectors) {
+  EXPECT_EQ(crc32c::Value("123456789"), 0xE3069283u);
+  EXPECT_EQ(crc32c::Value(""), 0u);
+  std::string zeros(32, '\0'), ones(32, '\xFF'), up(32, '\0'), down(32, '\0');
+  for (int i = 0; i < 32; ++i) {
+    up[i] = static_cast<char>(i);
+    down[i] = static_cast<char>(31 - i);
+  }
+  EXPECT_EQ(crc32c::Value(zeros), 0x8A9136AAu);
+  EXPECT_EQ(crc32c::Value(ones), 0x62A8AB43u);
+  EXPECT_EQ(crc32c::Value(up), 0x46DD794Eu);
+  EXPECT_EQ(crc32c::Value(down), 0x113FDB5Cu);
+  for (const std::string* s : {&zeros, &ones, &up, &down}) {
+    EXPECT_EQ(crc32c::ExtendPortable(0, s->data(), s->size()),
+              crc32c::Value(*s));
+  }
+}
+
+TEST(Crc32cTest, PortableAndHardwareAgreeOnEveryLengthAndAlignment) {
+  if (!crc32c::HasHardware()) GTEST_SKIP() << "CPU has no SSE4.2";
+  std::mt19937_64 rng(7);
+  std::string buf(4096 + 16, '\0');
+  for (char& c : buf) c = static_cast<char>(rng());
+  for (size_t offset = 0; offset < 8; ++offset) {
+    for (size_t n = 0; n < 300; ++n) {
+      ASSERT_EQ(crc32c::ExtendPortable(0, buf.data() + offset, n),
+                crc32c::ExtendHardware(0, buf.data() + offset, n))
+          << "offset " << offset << " n " << n;
+    }
+  }
+  EXPECT_EQ(crc32c::ExtendPortable(0, buf.data(), buf.size()),
+            crc32c::ExtendHardware(0, buf.data(), buf.size()));
+}
+
+TEST(Crc32cTest, ExtendComposes) {
+  const std::string a = "hello, ", b = "world";
+  EXPECT_EQ(crc32c::Extend(crc32c::Value(a), b), crc32c::Value(a + b));
+  EXPECT_EQ(crc32c::ExtendPortable(crc32c::Value(a), b.data(), b.size()),
+            crc32c::Value(a + b));
+}
+
+SessionState Random(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  return store_testing::RandomState(rng, "sess-" + std::to_string(seed));
+}
+
+TEST(SnapshotFormatTest, FullStateRoundTripsWithoutRows) {
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    SessionState s = Random(seed);
+    const std::string value = EncodeFullState(s, 42 + seed, 3);
+    absl::StatusOr<FullStateRecord> rec = DecodeFullState(value);
+    ASSERT_TRUE(rec.ok()) << rec.status();
+    EXPECT_EQ(rec->info.id, s.id);
+    EXPECT_EQ(rec->info.seq, 42 + seed);
+    EXPECT_EQ(rec->info.kv_bytes, s.kv.size());
+    EXPECT_EQ(rec->info.kv_chunks, 3u);
+    s.kv.clear();
+    EXPECT_EQ(store_testing::Difference(rec->state, s), "");
+  }
+}
+
+TEST(SnapshotFormatTest, DeltaRoundTrips) {
+  store_testing::SimOptions o;
+  SessionState prev = store_testing::SimStateAt("d", o, 9);
+  SessionState next = store_testing::SimStateAt("d", o, 10);
+  absl::StatusOr<SessionDelta> delta = Diff(prev, next);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  ASSERT_TRUE(delta->sampler_config.has_value());  // step 10 changes it
+  ASSERT_FALSE(delta->added.empty());
+  ASSERT_FALSE(delta->evicted.empty());
+  ASSERT_FALSE(delta->updated.empty());  // decay at the round boundary
+  const std::string value = EncodeDelta("d", 11, *delta, 1);
+  absl::StatusOr<DeltaRecord> rec = DecodeDelta(value);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_EQ(rec->info.seq, 11u);
+  EXPECT_EQ(rec->info.kv_bytes, delta->kv.size());
+  SessionDelta want = delta->Copy();
+  want.kv.clear();
+  EXPECT_TRUE(rec->delta == want);
+}
+
+TEST(SnapshotFormatTest, EveryFlippedByteAndEveryTruncationIsDataLoss) {
+  SessionState s = Random(3);
+  const std::string value = EncodeFullState(s, 1, 0);
+  for (size_t i = 0; i < value.size(); ++i) {
+    std::string bad = value;
+    bad[i] ^= 0x20;
+    absl::StatusOr<FullStateRecord> rec = DecodeFullState(bad);
+    ASSERT_FALSE(rec.ok()) << "flip at byte " << i;
+    EXPECT_EQ(rec.status().code(), absl::StatusCode::kDataLoss) << i;
+  }
+  for (size_t n = 0; n < value.size(); ++n) {
+    absl::StatusOr<FullStateRecord> rec = DecodeFullState(value.substr(0, n));
+    ASSERT_EQ(rec.status().code(), absl::StatusCode::kDataLoss)
+        << "length " << n;
+  }
+  absl::StatusOr<FullStateRecord> rec = DecodeFullState(value + "x");
+  EXPECT_EQ(rec.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(
+      std::string(DecodeFullState(value.substr(0, 40)).status().message()),
+      HasSubstr("truncated"));
+  std::string flipped = value;
+  flipped[value.size() / 2] ^= 1;
+  EXPECT_THAT(std::string(DecodeFullState(flipped).status().message()),
+              HasSubstr("checksum mismatch"));
+}
+
+TEST(SnapshotFormatTest, WrongRecordTypeIsDataLoss) {
+  const std::string header = EncodeStoreMarker(1);
+  absl::StatusOr<FullStateRecord> rec = DecodeFullState(header);
+  EXPECT_EQ(rec.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(rec.status().message()), HasSubstr("store marker"));
+}
+
+TEST(SnapshotFormatTest, NewerVersionIsFailedPrecondition) {
+  std::string value = EncodeStoreMarker(1);
+  value[5] = static_cast<char>(kFormatVersion + 1);
+  // Re-seal the frame so only the version is wrong.
+  const uint32_t crc = crc32c::Value(std::string_view(value).substr(4));
+  for (int i = 0; i < 4; ++i) value[i] = static_cast<char>(crc >> (8 * i));
+  absl::StatusOr<uint32_t> v = DecodeStoreMarker(value);
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(v.status().message()), HasSubstr("format version 2"));
+}
+
+TEST(SnapshotFormatTest, KvChunkChecksIdentity) {
+  const std::string data(5000, 'k');
+  const std::string value = KvChunkPrefix(7, 2, data) + data;
+  absl::StatusOr<std::string_view> got = DecodeKvChunk(value, 7, 2);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, data);
+  EXPECT_EQ(DecodeKvChunk(value, 7, 3).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeKvChunk(value, 8, 2).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(KvChunkCount(0, 4096), 0u);
+  EXPECT_EQ(KvChunkCount(4096, 4096), 1u);
+  EXPECT_EQ(KvChunkCount(4097, 4096), 2u);
+}
+
+TEST(SnapshotFormatTest, SessionHeaderRoundTrips) {
+  SessionHeader h;
+  h.info = SessionInfo::Of(Random(5));
+  h.info.version = 1234;
+  h.base_seq = 1200;
+  h.incarnation = 0xDEADBEEFCAFEull;
+  absl::StatusOr<SessionHeader> got =
+      DecodeSessionHeader(EncodeSessionHeader(h));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->info.id, h.info.id);
+  EXPECT_EQ(got->info.policy, h.info.policy);
+  EXPECT_EQ(got->info.cells, h.info.cells);
+  EXPECT_EQ(got->info.updated_at, h.info.updated_at);
+  EXPECT_EQ(got->info.kv_shape, h.info.kv_shape);
+  EXPECT_EQ(got->info.version, 1234u);
+  EXPECT_EQ(got->info.deltas, 34);
+  EXPECT_EQ(got->base_seq, 1200u);
+  EXPECT_EQ(got->incarnation, h.incarnation);
+}
+
+TEST(SnapshotFormatTest, ExportPreambleAndEnd) {
+  const std::string p = EncodeExportPreamble();
+  ASSERT_EQ(p.size(), kExportPreambleBytes);
+  EXPECT_TRUE(CheckExportPreamble(p).ok());
+  std::string bad = p;
+  bad[0] = 'X';
+  EXPECT_EQ(CheckExportPreamble(bad).code(), absl::StatusCode::kDataLoss);
+  bad = p;
+  bad[13] ^= 1;
+  EXPECT_EQ(CheckExportPreamble(bad).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(CheckExportPreamble(p.substr(0, 10)).code(),
+            absl::StatusCode::kDataLoss);
+  absl::StatusOr<uint64_t> n = DecodeExportEnd(EncodeExportEnd(17));
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 17u);
+}
+
+}  // namespace
+}  // namespace sinkserve::memory::snapshot

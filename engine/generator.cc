@@ -88,73 +88,31 @@ std::string_view StopReasonName(StopReason reason) {
   return "unknown";
 }
 
-absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Backend* backend,
-                                                             const Tokenizer* tokenizer,
-                                                             int capacity) {
-  if (backend == nullptr || tokenizer == nullptr) {
-    return absl::InvalidArgumentError("generator needs a backend and a tokenizer");
+absl::StatusOr<GenerationStats> RunTurn(Sequence& seq, const Tokenizer& tokenizer,
+                                        absl::Span<const int32_t> prompt, Sampler& sampler,
+                                        const GeneratorOptions& options,
+                                        const GeneratorCallbacks& callbacks) {
+  if (prompt.empty() && seq.pending().empty()) {
+    return absl::InvalidArgumentError("empty prompt (start from BOS)");
   }
-  SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<KvStorage> kv, backend->NewKvStorage(capacity));
-  return std::unique_ptr<Generator>(new Generator(backend, tokenizer, std::move(kv)));
-}
+  const Vocab& vocab = tokenizer.vocab();
+  auto is_end_of_text = [&](int32_t id) { return id == vocab.eos_id || id == vocab.bos_id; };
+  std::function<void(absl::Span<const float>, int64_t)> on_rows;
+  if (callbacks.on_logits) on_rows = callbacks.on_logits;
+  const int64_t evicted_before = seq.cache().evicted_total();
+  // SentencePiece's leading space is dropped only when the text starts here.
+  const bool from_bos =
+      seq.cache().empty() && prompt.size() == 1 && prompt[0] == vocab.bos_id;
 
-Generator::Generator(Backend* backend, const Tokenizer* tokenizer,
-                     std::unique_ptr<KvStorage> kv)
-    : backend_(backend),
-      tokenizer_(tokenizer),
-      kv_(std::move(kv)),
-      cache_(kv_->capacity()) {}
-
-bool Generator::IsEndOfText(int32_t id) const {
-  const Vocab& vocab = tokenizer_->vocab();
-  return id == vocab.eos_id || id == vocab.bos_id;
-}
-
-absl::Status Generator::Feed(absl::Span<const int32_t> tokens, LogitsMode mode,
-                             const GeneratorCallbacks& callbacks) {
-  SequenceStep step;
-  step.kv = kv_.get();
-  step.tokens = tokens;
-  step.logits = callbacks.on_logits ? LogitsMode::kAll : mode;
-  cache_.Plan(tokens.size(), &step);
-  SINKSERVE_RETURN_IF_ERROR(backend_->Forward({step}, &result_));
-  cache_.Commit(tokens.size());
-  if (callbacks.on_logits) {
-    callbacks.on_logits(result_.logits[0], tokens.size());
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<GenerationStats> Generator::Generate(absl::Span<const int32_t> prompt,
-                                                    Sampler& sampler,
-                                                    const GeneratorOptions& options,
-                                                    const GeneratorCallbacks& callbacks) {
-  if (prompt.empty()) return absl::InvalidArgumentError("empty prompt (start from BOS)");
-  if (static_cast<int>(prompt.size()) > cache_.capacity()) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt.size(),
-                                                   " tokens exceeds the cache of ",
-                                                   cache_.capacity()));
-  }
-  const int64_t vocab = backend_->config().vocab_size;
-  const int chunk = std::max(options.prefill_chunk, 1);
   GenerationStats stats;
   stats.prompt_tokens = prompt.size();
-  cache_.Clear();
   for (int32_t id : prompt) sampler.Accept(id);
-
   auto start = std::chrono::steady_clock::now();
-  for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
-    const size_t n = std::min<size_t>(chunk, prompt.size() - begin);
-    const bool last = begin + n == prompt.size();
-    SINKSERVE_RETURN_IF_ERROR(Feed(prompt.subspan(begin, n),
-                                   last ? LogitsMode::kLast : LogitsMode::kNone, callbacks));
-  }
+  SINKSERVE_RETURN_IF_ERROR(seq.Feed(prompt, LogitsMode::kLast, on_rows));
   stats.prompt_seconds = SecondsSince(start);
   start = std::chrono::steady_clock::now();
 
-  // SentencePiece's leading space is dropped only when the text starts here.
-  const bool from_bos = prompt.size() == 1 && prompt[0] == tokenizer_->vocab().bos_id;
-  StreamingDetokenizer detokenizer(*tokenizer_, from_bos);
+  StreamingDetokenizer detokenizer(tokenizer, from_bos);
   StopFilter filter(options.stop_strings);
   auto emit = [&](const std::string& text) {
     if (!text.empty() && callbacks.on_text) callbacks.on_text(text);
@@ -162,14 +120,14 @@ absl::StatusOr<GenerationStats> Generator::Generate(absl::Span<const int32_t> pr
   bool stopped_by_string = false;
   stats.stop = StopReason::kMaxTokens;
   while (stats.generated_tokens < options.max_tokens) {
-    const std::vector<float>& logits = result_.logits[0];  // (rows, vocab)
-    const int32_t id =
-        sampler.Sample(absl::MakeConstSpan(logits).subspan(logits.size() - vocab, vocab));
-    if (options.stop_at_end_of_text && IsEndOfText(id)) {
+    if (seq.last_logits().empty()) return absl::InternalError("no logits to sample from");
+    const int32_t id = sampler.Sample(seq.last_logits());
+    sampler.Accept(id);
+    seq.AddPending(id, seq.last_logits());
+    if (options.stop_at_end_of_text && is_end_of_text(id)) {
       stats.stop = StopReason::kEndOfText;
       break;
     }
-    sampler.Accept(id);
     ++stats.generated_tokens;
     if (callbacks.on_token && !callbacks.on_token(id)) {
       stats.stop = StopReason::kCancelled;
@@ -180,13 +138,12 @@ absl::StatusOr<GenerationStats> Generator::Generate(absl::Span<const int32_t> pr
       stats.stop = StopReason::kStopString;
       break;
     }
-    if (stats.generated_tokens >= options.max_tokens) break;  // no need to feed it
-    if (cache_.free() == 0) {
+    if (stats.generated_tokens >= options.max_tokens) break;  // fed next turn
+    if (seq.StepLimit() == 0) {
       stats.stop = StopReason::kContextFull;
       break;
     }
-    const int32_t fed[1] = {id};
-    SINKSERVE_RETURN_IF_ERROR(Feed(fed, LogitsMode::kLast, callbacks));
+    SINKSERVE_RETURN_IF_ERROR(seq.Feed({}, LogitsMode::kLast, on_rows));
   }
   if (!stopped_by_string) {
     emit(filter.Push(detokenizer.Finish(), &stopped_by_string));
@@ -197,7 +154,35 @@ absl::StatusOr<GenerationStats> Generator::Generate(absl::Span<const int32_t> pr
     }
   }
   stats.generate_seconds = SecondsSince(start);
+  stats.evicted = seq.cache().evicted_total() - evicted_before;
   return stats;
+}
+
+absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Backend* backend,
+                                                             const Tokenizer* tokenizer,
+                                                             int capacity) {
+  if (backend == nullptr || tokenizer == nullptr) {
+    return absl::InvalidArgumentError("generator needs a backend and a tokenizer");
+  }
+  if (capacity < 1) return absl::InvalidArgumentError("generator needs a capacity >= 1");
+  return std::unique_ptr<Generator>(new Generator(backend, tokenizer, capacity));
+}
+
+absl::StatusOr<GenerationStats> Generator::Generate(absl::Span<const int32_t> prompt,
+                                                    Sampler& sampler,
+                                                    const GeneratorOptions& options,
+                                                    const GeneratorCallbacks& callbacks) {
+  if (prompt.empty()) return absl::InvalidArgumentError("empty prompt (start from BOS)");
+  if (static_cast<int>(prompt.size()) > capacity_) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt.size(),
+                                                   " tokens exceeds the cache of ", capacity_));
+  }
+  SequenceOptions seq_options;
+  seq_options.capacity = capacity_;
+  seq_options.max_step_tokens = std::max(options.prefill_chunk, 1);
+  SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Sequence> seq,
+                             Sequence::Create(backend_, seq_options));
+  return RunTurn(*seq, *tokenizer_, prompt, sampler, options, callbacks);
 }
 
 }  // namespace sinkserve::engine

@@ -1,9 +1,7 @@
-// A single-sequence decode loop: prompt -> chunked prefill -> sample ->
-// stream text, until end of text, a stop string, max tokens or a full cache.
-//
-// The cache is the simplest one there is (InOrderCache: cell i in slot i at
-// position i, nothing evicted). All of the loop's cache bookkeeping goes
-// through that one class, so the memory module's policies can replace it.
+// The decode loop of one turn on one Sequence: prompt -> chunked prefill
+// (evicting between chunks under a bounded policy, so any prompt length
+// works) -> sample -> stream text, until end of text, a stop string, max
+// tokens or a full cache (`full` policy only).
 #ifndef SINKSERVE_ENGINE_GENERATOR_H_
 #define SINKSERVE_ENGINE_GENERATOR_H_
 
@@ -18,11 +16,13 @@
 #include "absl/types/span.h"
 #include "engine/backend.h"
 #include "engine/sampler.h"
+#include "engine/sequence.h"
 #include "engine/tokenizer.h"
 
 namespace sinkserve::engine {
 
-// Cell i lives in slot i at RoPE position i; cells are only appended.
+// Cell i lives in slot i at RoPE position i; cells are only appended. The
+// cache of micro-benchmarks that must not pay for any bookkeeping.
 class InOrderCache {
  public:
   explicit InOrderCache(int capacity);
@@ -86,34 +86,41 @@ struct GenerationStats {
   int generated_tokens = 0;
   double generate_seconds = 0;  // from the first logits to the end
   StopReason stop = StopReason::kMaxTokens;
+  int64_t evicted = 0;  // cells the policy evicted during the turn
 };
 
+// Runs one turn on `seq`: feeds its pending tokens and `prompt` (which may be
+// empty when tokens are pending), then samples. The last sampled token, an
+// end-of-text one included, stays pending in `seq` so the next turn feeds it
+// first. Prompt and generated tokens enter the sampler's penalty window.
+// INVALID_ARGUMENT when there is nothing to feed; RESOURCE_EXHAUSTED when a
+// `full` cache cannot take the prompt.
+absl::StatusOr<GenerationStats> RunTurn(Sequence& seq, const Tokenizer& tokenizer,
+                                        absl::Span<const int32_t> prompt, Sampler& sampler,
+                                        const GeneratorOptions& options,
+                                        const GeneratorCallbacks& callbacks);
+
+// One-shot generation from an empty `full` cache of `capacity` cells.
 class Generator {
  public:
-  // A generator with its own KV storage of `capacity` cells.
   static absl::StatusOr<std::unique_ptr<Generator>> Create(Backend* backend,
                                                            const Tokenizer* tokenizer,
                                                            int capacity);
 
   // Starts from an empty cache, feeds `prompt` (ids, BOS included when
-  // wanted) and generates. Tokens of the prompt enter the sampler's penalty
-  // window. INVALID_ARGUMENT for an empty prompt or one over capacity.
+  // wanted) and generates. INVALID_ARGUMENT for an empty prompt or one over
+  // capacity.
   absl::StatusOr<GenerationStats> Generate(absl::Span<const int32_t> prompt,
                                            Sampler& sampler, const GeneratorOptions& options,
                                            const GeneratorCallbacks& callbacks);
 
  private:
-  Generator(Backend* backend, const Tokenizer* tokenizer, std::unique_ptr<KvStorage> kv);
-  // Runs `tokens` through the backend at the end of the cache.
-  absl::Status Feed(absl::Span<const int32_t> tokens, LogitsMode mode,
-                    const GeneratorCallbacks& callbacks);
-  bool IsEndOfText(int32_t id) const;
+  Generator(Backend* backend, const Tokenizer* tokenizer, int capacity)
+      : backend_(backend), tokenizer_(tokenizer), capacity_(capacity) {}
 
   Backend* backend_;
   const Tokenizer* tokenizer_;
-  std::unique_ptr<KvStorage> kv_;
-  InOrderCache cache_;
-  StepResult result_;
+  int capacity_;
 };
 
 }  // namespace sinkserve::engine

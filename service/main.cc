@@ -9,6 +9,17 @@
 
 namespace {
 
+// `bench` has subcommands; plain `bench FLAGS` is the decoder benchmark.
+int RunBenchCommand(const std::vector<std::string>& args) {
+  if (!args.empty() && args[0] == "stream") {
+    return sinkserve::cli::RunBenchStream({args.begin() + 1, args.end()});
+  }
+  if (!args.empty() && args[0] == "load") {
+    return sinkserve::cli::RunBenchLoad({args.begin() + 1, args.end()});
+  }
+  return sinkserve::cli::RunBench(args);
+}
+
 struct Command {
   std::string_view name;
   int (*run)(const std::vector<std::string>&);
@@ -19,7 +30,15 @@ constexpr Command kCommands[] = {
     {"inspect", sinkserve::cli::RunInspect, "print a GGUF model's architecture and tensors"},
     {"tokenize", sinkserve::cli::RunTokenize, "print the token ids of a text"},
     {"generate", sinkserve::cli::RunGenerate, "continue a prompt on the CPU (streams text)"},
-    {"bench", sinkserve::cli::RunBench, "measure prefill/decode speed and memory bandwidth"},
+    {"perplexity", sinkserve::cli::RunPerplexity,
+     "perplexity of a text file under a KV cache policy"},
+    {"eval", sinkserve::cli::RunEval, "evaluations (eval recall: key-fact probe)"},
+    {"sessions", sinkserve::cli::RunSessions,
+     "list | show | delete | verify | export | import stored sessions"},
+    {"serve", sinkserve::cli::RunServe, "run the gRPC chat service"},
+    {"chat", sinkserve::cli::RunChat, "chat with a running server"},
+    {"bench", RunBenchCommand,
+     "measure speed: prefill/decode (default), `bench stream`, `bench load`"},
 };
 
 int Usage(std::ostream& out) {

@@ -6,25 +6,30 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "engine/cpu_backend.h"
 #include "engine/generator.h"
 #include "engine/model_weights.h"
 #include "engine/sampler.h"
+#include "engine/sequence.h"
 #include "engine/tokenizer.h"
 #include "service/cli/commands.h"
+#include "service/cli/policy_flags.h"
 
 namespace sinkserve::cli {
 namespace {
 
 constexpr char kSynopsis[] =
     "--model PATH [--prompt TEXT] [--max-tokens N] [sampling flags] [--ids]\n"
+    "         [--policy full|window|streaming|sirllm|recompute --sinks S --window W ...]\n"
     "Continues TEXT (or, without it, starts from BOS) and streams the text to stdout;\n"
     "timings go to stderr. Defaults follow llama.cpp: temperature 0.8, top-k 40,\n"
     "top-p 0.95, min-p 0.05, no repetition penalty; --temperature 0 is greedy.\n"
     "Generation ends at EOS, at BOS (llama2.c models end a text so), at --stop,\n"
-    "after --max-tokens or when the context is full.";
+    "after --max-tokens or when the context is full. Under a bounded --policy the\n"
+    "KV cache never outgrows its budget, so generation can go on indefinitely.";
 
 double PerSecond(int n, double seconds) { return seconds > 0 ? n / seconds : 0.0; }
 
@@ -39,9 +44,8 @@ absl::Status WriteLogits(const std::string& path, const std::vector<float>& logi
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& args) {
-  FlagSet flags(
-      "generate", kSynopsis,
-      {{"model", FlagKind::kString, "", "GGUF model file"},
+  std::vector<FlagSpec> specs = {
+      {"model", FlagKind::kString, "", "GGUF model file"},
        {"prompt", FlagKind::kString, "", "text to continue (BOS is prepended when the vocab asks)"},
        {"prompt-ids", FlagKind::kIntList, "",
         "token ids to start from instead of --prompt, used as given (no BOS added)"},
@@ -63,7 +67,9 @@ int RunGenerate(const std::vector<std::string>& args) {
         "do not stop at EOS/BOS: always generate --max-tokens tokens"},
        {"dump-logits", FlagKind::kString, "",
         "write the logits of every position (prompt and fed-back tokens) to FILE as "
-        "float32 (n, vocab); for tests"}});
+        "float32 (n, vocab); for tests"}};
+  AddPolicyFlags(&specs, "full");
+  FlagSet flags("generate", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
   if (!flags.Has("model")) {
     std::cerr << "sinkserve generate: --model is required\n";
@@ -106,16 +112,29 @@ int RunGenerate(const std::vector<std::string>& args) {
     return Fail("generate", absl::InvalidArgumentError("empty prompt and no BOS token"));
   }
 
-  const engine::ModelConfig& config = (*weights)->config();
-  int64_t context = flags.GetInt("ctx-size");
-  if (context == 0) context = config.context_length > 0 ? config.context_length : 4096;
-  const int64_t capacity = std::min<int64_t>(context, prompt.size() + max_tokens);
+  auto policy = PolicyFromFlags(flags);
+  if (!policy.ok()) {
+    std::cerr << "sinkserve generate: " << policy.status().message() << "\n";
+    return kExitUsage;
+  }
+  engine::SequenceOptions seq_options;
+  seq_options.policy = *policy;
+  seq_options.max_step_tokens = flags.GetInt("batch");
+  if (!policy->Budget().has_value()) {
+    // `full`: room for the whole run, up to the context size.
+    const engine::ModelConfig& config = (*weights)->config();
+    int64_t context = flags.GetInt("ctx-size");
+    if (context == 0) context = config.context_length > 0 ? config.context_length : 4096;
+    seq_options.capacity =
+        std::max<int64_t>(1, std::min<int64_t>(context, prompt.size() + max_tokens));
+  } else if (flags.Has("ctx-size")) {
+    seq_options.capacity = flags.GetInt("ctx-size");
+  }
 
   auto backend = engine::NewCpuBackend(*weights, {static_cast<int>(threads)});
   if (!backend.ok()) return Fail("generate", backend.status());
-  auto generator = engine::Generator::Create(backend->get(), tokenizer->get(),
-                                             static_cast<int>(std::max<int64_t>(capacity, 1)));
-  if (!generator.ok()) return Fail("generate", generator.status());
+  auto sequence = engine::Sequence::Create(backend->get(), seq_options);
+  if (!sequence.ok()) return Fail("generate", sequence.status());
 
   engine::SamplerOptions sampling;
   sampling.temperature = flags.GetDouble("temperature");
@@ -156,7 +175,13 @@ int RunGenerate(const std::vector<std::string>& args) {
     };
   }
 
-  auto stats = (*generator)->Generate(prompt, sampler, options, callbacks);
+  if (!policy->Budget().has_value() &&
+      static_cast<int64_t>(prompt.size()) > (*sequence)->cache().capacity()) {
+    return Fail("generate", absl::InvalidArgumentError(absl::StrCat(
+                                "prompt of ", prompt.size(), " tokens exceeds the cache of ",
+                                (*sequence)->cache().capacity(), " cells (--ctx-size)")));
+  }
+  auto stats = engine::RunTurn(**sequence, **tokenizer, prompt, sampler, options, callbacks);
   if (!stats.ok()) return Fail("generate", stats.status());
   if (print_ids) {
     std::cout << absl::StrJoin(generated, " ") << "\n";
@@ -170,11 +195,12 @@ int RunGenerate(const std::vector<std::string>& args) {
   }
   std::cerr << absl::StrFormat(
       "prompt %d tokens in %.1f ms (%.1f tok/s); generated %d tokens in %.1f ms "
-      "(%.1f tok/s); stop: %s; seed %d\n",
+      "(%.1f tok/s); stop: %s; seed %d; cache %d cells, %d evicted\n",
       stats->prompt_tokens, stats->prompt_seconds * 1e3,
       PerSecond(stats->prompt_tokens, stats->prompt_seconds), stats->generated_tokens,
       stats->generate_seconds * 1e3, PerSecond(stats->generated_tokens, stats->generate_seconds),
-      std::string(engine::StopReasonName(stats->stop)), seed);
+      std::string(engine::StopReasonName(stats->stop)), seed, (*sequence)->cache().size(),
+      (*sequence)->cache().evicted_total());
   return kExitOk;
 }
 

@@ -15,6 +15,13 @@ int RunTokenize(const std::vector<std::string>& args);
 int RunInspect(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
 int RunBench(const std::vector<std::string>& args);
+int RunBenchStream(const std::vector<std::string>& args);  // bench stream
+int RunBenchLoad(const std::vector<std::string>& args);    // bench load
+int RunPerplexity(const std::vector<std::string>& args);
+int RunEval(const std::vector<std::string>& args);
+int RunSessions(const std::vector<std::string>& args);
+int RunServe(const std::vector<std::string>& args);
+int RunChat(const std::vector<std::string>& args);
 
 // Parses `args` into `flags`; on --help prints usage and returns kExitOk, on a
 // bad argument prints one line and returns kExitUsage; -1 means "go on".

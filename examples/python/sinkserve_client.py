@@ -1,0 +1,255 @@
+#!/usr/bin/python3
+"""A small sinkserve client: chat over a Chat stream and manage sessions.
+
+Uses Debian's python3-grpcio and stubs generated at build time from
+proto/sinkserve/v1/sinkserve.proto (the `sinkserve_python_stubs` CMake target
+writes them to <build>/examples/python). Point --stubs (or the environment
+variable SINKSERVE_PY_STUBS) at that folder.
+
+  sinkserve_client.py --server 127.0.0.1:50051 chat --session s1 --create \
+      --message "Hello" --message "And then?"
+  sinkserve_client.py list
+  sinkserve_client.py delete --session s1
+"""
+
+import argparse
+import os
+import queue
+import sys
+
+STUBS_ENV = "SINKSERVE_PY_STUBS"
+POLICIES = ("unspecified", "full", "window", "streaming", "sirllm")
+STOP_REASONS = {0: "unspecified", 1: "eos", 2: "stop_string", 3: "max_tokens",
+                4: "cancelled"}
+
+
+def load_stubs(stubs_dir):
+    """Imports the generated modules; exits with a hint when they are missing."""
+    if stubs_dir:
+        sys.path.insert(0, os.path.abspath(stubs_dir))
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        sys.exit(f"this Python ({sys.executable}) has no grpc module; run "
+                 f"it with /usr/bin/python3 (Debian's python3-grpcio)")
+    try:
+        from sinkserve.v1 import sinkserve_pb2, sinkserve_pb2_grpc
+    except ImportError as e:
+        sys.exit(f"cannot import the sinkserve stubs ({e}); build the "
+                 f"sinkserve_python_stubs target and pass --stubs "
+                 f"<build>/examples/python or set {STUBS_ENV}")
+    return sinkserve_pb2, sinkserve_pb2_grpc
+
+
+def session_config(pb, args):
+    config = pb.SessionConfig()
+    config.policy.kind = POLICIES.index(args.policy)
+    if args.sinks is not None:
+        config.policy.sinks = args.sinks
+    if args.window is not None:
+        config.policy.window = args.window
+    if args.entropy is not None:
+        config.policy.entropy = args.entropy
+    if args.decay is not None:
+        config.policy.decay = args.decay
+    if args.temperature is not None:
+        config.sampling.temperature = args.temperature
+    if args.seed is not None:
+        config.sampling.seed = args.seed
+    config.system_prompt = args.system_prompt
+    config.chat_template = args.chat_template
+    return config
+
+
+def describe(info):
+    return (f"{info.session_id}: {info.cells_cached} cells cached, "
+            f"{info.rounds} rounds, {info.tokens_seen} tokens seen, "
+            f"template {info.chat_template or '(unset)'}")
+
+
+class ChatStream:
+    """One bidirectional Chat call: requests go through a queue so that turns
+    and cancels can be sent while responses stream back."""
+
+    def __init__(self, stub, pb, timeout):
+        self._pb = pb
+        self._requests = queue.Queue()
+        self._responses = stub.Chat(self._request_iter(), timeout=timeout)
+
+    def _request_iter(self):
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def open(self, session_id, create, config):
+        self._requests.put(self._pb.ChatRequest(open=self._pb.OpenSession(
+            session_id=session_id, create_if_missing=create, config=config)))
+        response = next(self._responses)
+        if response.WhichOneof("kind") != "opened":
+            raise RuntimeError(f"expected SessionOpened, got {response}")
+        return response.opened
+
+    def turn(self, text, max_tokens, stop, out):
+        """Sends a user turn, writes tokens to `out` as they arrive and returns
+        the TurnEnd. Ctrl-C cancels the turn (the server ends it CANCELLED)."""
+        self._requests.put(self._pb.ChatRequest(turn=self._pb.UserTurn(
+            text=text, max_tokens=max_tokens, stop=stop)))
+        while True:
+            try:
+                for response in self._responses:
+                    kind = response.WhichOneof("kind")
+                    if kind == "delta":
+                        out.write(response.delta.text)
+                        out.flush()
+                    elif kind == "turn_end":
+                        return response.turn_end
+                raise RuntimeError("stream ended before the turn did")
+            except KeyboardInterrupt:
+                self._requests.put(
+                    self._pb.ChatRequest(cancel=self._pb.CancelTurn()))
+
+    def close(self):
+        self._requests.put(None)
+
+
+def cmd_chat(args, pb, stub):
+    stream = ChatStream(stub, pb, args.timeout)
+    try:
+        opened = stream.open(args.session, args.create, session_config(pb, args))
+        state = "restored" if opened.restored else "attached"
+        print(f"[{state} {describe(opened.session)}]", file=sys.stderr)
+        for warning in opened.warnings:
+            print(f"[warning: {warning}]", file=sys.stderr)
+        messages = args.message
+        interactive = not messages
+        while True:
+            if interactive:
+                try:
+                    text = input("> ")
+                except EOFError:
+                    break
+            elif messages:
+                text = messages.pop(0)
+            else:
+                break
+            end = stream.turn(text, args.max_tokens, args.stop, sys.stdout)
+            usage, timings = end.usage, end.timings
+            print()
+            print(f"[{STOP_REASONS.get(end.stop_reason, end.stop_reason)}: "
+                  f"{usage.prompt_tokens} prompt + {usage.generated_tokens} "
+                  f"generated tokens, {usage.cells_kept} cells kept, "
+                  f"{usage.cells_evicted} evicted; first token "
+                  f"{timings.time_to_first_token_ms:.1f} ms, "
+                  f"{timings.tokens_per_second:.1f} tok/s]", file=sys.stderr)
+    finally:
+        stream.close()
+
+
+def cmd_create(args, pb, stub):
+    info = stub.CreateSession(pb.CreateSessionRequest(
+        session_id=args.session, config=session_config(pb, args)),
+        timeout=args.timeout)
+    print(describe(info))
+
+
+def cmd_get(args, pb, stub):
+    print(describe(stub.GetSession(
+        pb.GetSessionRequest(session_id=args.session), timeout=args.timeout)))
+
+
+def cmd_list(args, pb, stub):
+    token = ""
+    while True:
+        page = stub.ListSessions(pb.ListSessionsRequest(
+            page_size=args.page_size, page_token=token), timeout=args.timeout)
+        for info in page.sessions:
+            print(describe(info))
+        token = page.next_page_token
+        if not token:
+            return
+
+
+def cmd_delete(args, pb, stub):
+    stub.DeleteSession(pb.DeleteSessionRequest(session_id=args.session),
+                       timeout=args.timeout)
+    print(f"deleted {args.session}")
+
+
+def add_config_flags(parser):
+    group = parser.add_argument_group("session config (used on creation)")
+    group.add_argument("--policy", choices=POLICIES, default="unspecified")
+    group.add_argument("--sinks", type=int)
+    group.add_argument("--window", type=int)
+    group.add_argument("--entropy", type=int)
+    group.add_argument("--decay", type=float)
+    group.add_argument("--temperature", type=float, help="0 = greedy")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--system-prompt", default="")
+    group.add_argument("--chat-template", default="",
+                       help="raw, llama2, llama3, chatml, mistral, zephyr; "
+                            "empty = from the model")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="sinkserve example client (gRPC, sinkserve.v1)")
+    parser.add_argument("--server", default="127.0.0.1:50051",
+                        help="host:port of `sinkserve serve`")
+    parser.add_argument("--stubs", default=os.environ.get(STUBS_ENV, ""),
+                        help="folder with the generated sinkserve/v1 modules "
+                             f"(default: ${STUBS_ENV})")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="RPC deadline in seconds (default: none)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    chat = commands.add_parser("chat", help="chat over one stream")
+    chat.add_argument("--session", required=True)
+    chat.add_argument("--create", action="store_true",
+                      help="create the session if it does not exist")
+    chat.add_argument("--message", action="append", default=[],
+                      help="a user turn (repeatable); none = read stdin lines")
+    chat.add_argument("--max-tokens", type=int, default=0,
+                      help="0 = the server's default")
+    chat.add_argument("--stop", action="append", default=[],
+                      help="stop string (repeatable)")
+    add_config_flags(chat)
+    chat.set_defaults(run=cmd_chat)
+
+    create = commands.add_parser("create", help="create a session")
+    create.add_argument("--session", required=True)
+    add_config_flags(create)
+    create.set_defaults(run=cmd_create)
+
+    get = commands.add_parser("get", help="show a session")
+    get.add_argument("--session", required=True)
+    get.set_defaults(run=cmd_get)
+
+    listing = commands.add_parser("list", help="list sessions")
+    listing.add_argument("--page-size", type=int, default=0,
+                         help="0 = the server's default")
+    listing.set_defaults(run=cmd_list)
+
+    delete = commands.add_parser("delete", help="delete a session")
+    delete.add_argument("--session", required=True)
+    delete.set_defaults(run=cmd_delete)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    pb, pb_grpc = load_stubs(args.stubs)
+    import grpc
+    with grpc.insecure_channel(args.server) as channel:
+        stub = pb_grpc.SinkServeStub(channel)
+        try:
+            args.run(args, pb, stub)
+        except grpc.RpcError as e:
+            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+#include "service/metrics.h"
+
+#include <cmath>
+#include <exception>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+
+namespace sinkserve::service {
+namespace {
+
+// prometheus-cpp's Histogram throws on unsorted bounds; check up front so a
+// bad option is a status, not an exception at construction.
+absl::Status CheckBuckets(absl::string_view name,
+                          const std::vector<double>& bounds) {
+  if (bounds.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": no buckets"));
+  }
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    if (!std::isfinite(bounds[i]) || (i > 0 && bounds[i] <= bounds[i - 1])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": bucket bounds must be finite and strictly increasing"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool ValidSeconds(double s) { return std::isfinite(s) && s >= 0; }
+
+prometheus::Histogram& AddHistogram(prometheus::Registry& registry,
+                                    const std::string& name,
+                                    const std::string& help,
+                                    const std::vector<double>& bounds) {
+  return prometheus::BuildHistogram()
+      .Name(name)
+      .Help(help)
+      .Register(registry)
+      .Add({}, bounds);
+}
+
+prometheus::Counter& AddCounter(prometheus::Registry& registry,
+                                const std::string& name,
+                                const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(
+      {});
+}
+
+prometheus::Gauge& AddGauge(prometheus::Registry& registry,
+                            const std::string& name, const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(
+      {});
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
+    const MetricsOptions& options) {
+  for (const auto& [name, bounds] :
+       {std::pair{"time_to_first_token_buckets",
+                  &options.time_to_first_token_buckets},
+        std::pair{"inter_token_buckets", &options.inter_token_buckets},
+        std::pair{"checkpoint_buckets", &options.checkpoint_buckets}}) {
+    absl::Status status = CheckBuckets(name, *bounds);
+    if (!status.ok()) return status;
+  }
+  if (options.exposer_threads < 1) {
+    return absl::InvalidArgumentError("metrics exposer needs >= 1 thread");
+  }
+  std::unique_ptr<Metrics> metrics(new Metrics(options));
+  if (options.listen_address.empty()) return metrics;
+  // civetweb reports bind failures by throwing from the constructor.
+  try {
+    metrics->exposer_ = std::make_unique<prometheus::Exposer>(
+        options.listen_address, options.exposer_threads);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on \"", options.listen_address,
+                     "\": ", e.what()));
+  }
+  metrics->exposer_->RegisterCollectable(metrics->registry_);
+  const std::vector<int> ports = metrics->exposer_->GetListeningPorts();
+  if (ports.empty()) {
+    return absl::UnavailableError(absl::StrCat(
+        "metrics exposer on \"", options.listen_address, "\" has no port"));
+  }
+  metrics->port_ = ports.front();
+  return metrics;
+}
+
+Metrics::Metrics(const MetricsOptions& options)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  prometheus::Registry& r = *registry_;
+  time_to_first_token_ = &AddHistogram(
+      r, "sinkserve_time_to_first_token_seconds",
+      "From a user turn's arrival to its first generated token.",
+      options.time_to_first_token_buckets);
+  inter_token_ = &AddHistogram(r, "sinkserve_inter_token_latency_seconds",
+                               "Between consecutive tokens of one turn.",
+                               options.inter_token_buckets);
+  checkpoint_seconds_ = &AddHistogram(
+      r, "sinkserve_checkpoint_duration_seconds",
+      "Writing one session snapshot to the store.", options.checkpoint_buckets);
+  checkpoint_bytes_ = &AddCounter(r, "sinkserve_checkpoint_bytes_total",
+                                  "Bytes of session snapshots written.");
+  generated_ = &AddCounter(r, "sinkserve_generated_tokens_total",
+                           "Tokens generated across all sessions.");
+  prompt_tokens_ = &AddCounter(r, "sinkserve_prompt_tokens_total",
+                               "Prompt tokens fed (user turns and markup).");
+  errors_ = &prometheus::BuildCounter()
+                 .Name("sinkserve_errors_total")
+                 .Help("RPCs that ended with an error, by gRPC status code.")
+                 .Register(r);
+  evictions_ = &prometheus::BuildCounter()
+                    .Name("sinkserve_evicted_cells_total")
+                    .Help("KV cache cells evicted, by cache policy.")
+                    .Register(r);
+  // Zero-valued children for the known label values, so that a dashboard's
+  // rate() has a series before the first error or eviction.
+  for (const char* code :
+       {"CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+        "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+        "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "UNAUTHENTICATED"}) {
+    errors_->Add({{"code", code}});
+  }
+  for (const char* policy : {"window", "streaming", "sirllm"}) {
+    evictions_->Add({{"policy", policy}});
+  }
+  active_streams_ = &AddGauge(r, "sinkserve_active_streams",
+                              "Chat streams currently open.");
+  sessions_in_memory_ = &AddGauge(r, "sinkserve_sessions_in_memory",
+                                  "Sessions whose KV cache is resident.");
+  sessions_in_store_ = &AddGauge(r, "sinkserve_sessions_in_store",
+                                 "Sessions persisted in the session store.");
+  cache_cells_ = &AddGauge(r, "sinkserve_cache_cells",
+                           "KV cache cells in use across all sessions.");
+}
+
+Metrics::~Metrics() = default;
+
+std::string Metrics::RenderText() const {
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+void Metrics::ObserveTimeToFirstToken(double seconds) {
+  if (ValidSeconds(seconds)) time_to_first_token_->Observe(seconds);
+}
+
+void Metrics::ObserveInterTokenLatency(double seconds) {
+  if (ValidSeconds(seconds)) inter_token_->Observe(seconds);
+}
+
+void Metrics::ObserveCheckpoint(double seconds, int64_t bytes) {
+  if (ValidSeconds(seconds)) checkpoint_seconds_->Observe(seconds);
+  if (bytes > 0) checkpoint_bytes_->Increment(static_cast<double>(bytes));
+}
+
+void Metrics::AddGenerated(int64_t n) {
+  if (n > 0) generated_->Increment(static_cast<double>(n));
+}
+
+void Metrics::AddPromptTokens(int64_t n) {
+  if (n > 0) prompt_tokens_->Increment(static_cast<double>(n));
+}
+
+void Metrics::IncError(std::string_view code) {
+  // Family::Add returns the existing child for known labels.
+  errors_->Add({{"code", code.empty() ? "UNKNOWN" : std::string(code)}})
+      .Increment();
+}
+
+void Metrics::AddEvictions(std::string_view policy, int64_t cells) {
+  if (cells <= 0) return;
+  evictions_->Add({{"policy", std::string(policy)}})
+      .Increment(static_cast<double>(cells));
+}
+
+void Metrics::SetActiveStreams(int64_t n) {
+  active_streams_->Set(static_cast<double>(n));
+}
+void Metrics::IncActiveStreams() { active_streams_->Increment(); }
+void Metrics::DecActiveStreams() { active_streams_->Decrement(); }
+
+void Metrics::SetSessionsInMemory(int64_t n) {
+  sessions_in_memory_->Set(static_cast<double>(n));
+}
+
+void Metrics::SetSessionsInStore(int64_t n) {
+  sessions_in_store_->Set(static_cast<double>(n));
+}
+
+void Metrics::SetCacheCells(int64_t n) {
+  cache_cells_->Set(static_cast<double>(n));
+}
+
+}  // namespace sinkserve::service

@@ -1,0 +1,113 @@
+// The server's Prometheus metrics, served in text format on their own listen
+// address (so that scraping never competes with the gRPC port).
+//
+// Every method is thread-safe and cheap (atomic adds; labelled series take a
+// short lock in prometheus-cpp's Family to find the child), so the scheduler
+// and the stream reactors call them directly.
+#ifndef SINKSERVE_SERVICE_METRICS_H_
+#define SINKSERVE_SERVICE_METRICS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace prometheus {
+class Counter;
+class Exposer;
+template <typename T>
+class Family;
+class Gauge;
+class Histogram;
+class Registry;
+}  // namespace prometheus
+
+namespace sinkserve::service {
+
+struct MetricsOptions {
+  // Where /metrics is served ("127.0.0.1:9464", "0.0.0.0:9464", port 0 picks
+  // a free port); "" serves nothing (RenderText still works).
+  // Default: "".
+  std::string listen_address;
+  // HTTP worker threads of the exposer.
+  // Default: 2.
+  int exposer_threads = 2;
+  // Upper bounds (seconds) of the histogram buckets, strictly increasing.
+  // Default: 5 ms .. 30 s (a prefill on a long prompt may take seconds).
+  std::vector<double> time_to_first_token_buckets = {
+      0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+  // Default: 0.5 ms .. 1 s.
+  std::vector<double> inter_token_buckets = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1};
+  // Default: 1 ms .. 10 s.
+  std::vector<double> checkpoint_buckets = {
+      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
+};
+
+class Metrics {
+ public:
+  // Bad buckets or thread count are INVALID_ARGUMENT; an address that cannot
+  // be bound (in use, malformed) is UNAVAILABLE naming it.
+  static absl::StatusOr<std::unique_ptr<Metrics>> Create(
+      const MetricsOptions& options);
+
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // The port /metrics listens on (the real one when asked for port 0); 0
+  // without an exposer.
+  int port() const { return port_; }
+
+  // The registry in Prometheus text exposition format (what a scrape gets).
+  std::string RenderText() const;
+
+  // Latencies, in seconds. Negative or non-finite values are dropped.
+  void ObserveTimeToFirstToken(double seconds);
+  void ObserveInterTokenLatency(double seconds);
+  void ObserveCheckpoint(double seconds, int64_t bytes);
+
+  // Counters; n <= 0 is ignored.
+  void AddGenerated(int64_t n);
+  void AddPromptTokens(int64_t n);
+  // `code` is the gRPC code name ("NOT_FOUND"); "" counts as "UNKNOWN".
+  void IncError(std::string_view code);
+  // `policy` as in PolicyKind, lower case ("sirllm"); cells evicted.
+  void AddEvictions(std::string_view policy, int64_t cells);
+
+  // Gauges.
+  void SetActiveStreams(int64_t n);
+  void IncActiveStreams();
+  void DecActiveStreams();
+  void SetSessionsInMemory(int64_t n);
+  void SetSessionsInStore(int64_t n);
+  // Cells in use across all sessions' KV caches.
+  void SetCacheCells(int64_t n);
+
+ private:
+  Metrics(const MetricsOptions& options);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Histogram* time_to_first_token_ = nullptr;
+  prometheus::Histogram* inter_token_ = nullptr;
+  prometheus::Histogram* checkpoint_seconds_ = nullptr;
+  prometheus::Counter* checkpoint_bytes_ = nullptr;
+  prometheus::Counter* generated_ = nullptr;
+  prometheus::Counter* prompt_tokens_ = nullptr;
+  prometheus::Family<prometheus::Counter>* errors_ = nullptr;
+  prometheus::Family<prometheus::Counter>* evictions_ = nullptr;
+  prometheus::Gauge* active_streams_ = nullptr;
+  prometheus::Gauge* sessions_in_memory_ = nullptr;
+  prometheus::Gauge* sessions_in_store_ = nullptr;
+  prometheus::Gauge* cache_cells_ = nullptr;
+  // Declared last: destroyed first, so no scrape runs on a dying registry.
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+};
+
+}  // namespace sinkserve::service
+
+#endif  // SINKSERVE_SERVICE_METRICS_H_

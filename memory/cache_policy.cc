@@ -125,12 +125,16 @@ absl::StatusOr<PolicyConfig> ParseCompact(absl::string_view spec) {
   std::vector<absl::string_view> args;
   if (!inner.empty()) args = absl::StrSplit(inner, ',');
   const std::vector<Field> fields = FieldsOf(config.kind);
-  if (args.size() != fields.size()) {
+  // The last field may be left out when it is the decay (papers write
+  // sirllm(4,126,126) for no decay).
+  const bool decay_omitted = !fields.empty() && fields.back() == kDecay &&
+                             args.size() + 1 == fields.size();
+  if (args.size() != fields.size() && !decay_omitted) {
     return absl::InvalidArgumentError(absl::StrCat(
         "cache policy '", spec, "': ", KindName(config.kind), " takes ",
         fields.size(), " argument(s), got ", args.size()));
   }
-  for (size_t i = 0; i < fields.size(); ++i) {
+  for (size_t i = 0; i < args.size(); ++i) {
     SINKSERVE_RETURN_IF_ERROR(SetField(config, fields[i], args[i]));
   }
   return config;

@@ -196,7 +196,8 @@ TEST(PolicyConfigTest, Parse) {
       {"streaming(4)", {}, "streaming takes 2 argument(s), got 1"},
       {"streaming(4,252", {}, "missing ')'"},
       {"full(3)", {}, "full takes 0 argument(s), got 1"},
-      {"sirllm(4,8,8)", {}, "sirllm takes 4 argument(s), got 3"},
+      {"sirllm(4,8,8)", SirLlm(4, 8, 8, 1.0f), ""},  // decay left out: none
+      {"sirllm(4,8)", {}, "sirllm takes 4 argument(s), got 2"},
   };
   for (const ParseCase& c : cases) {
     absl::StatusOr<PolicyConfig> got = PolicyConfig::Parse(c.spec);

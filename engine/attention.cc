@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/fp16.h"
 #include "engine/vec_ops.h"
 
 namespace sinkserve::engine {
@@ -118,12 +119,14 @@ void Attention::Prepare(absl::Span<const AttentionSequence> sequences, int64_t n
               &key_position_[g + n_ctx]);
   }
   first_slot_.resize(sequences.size());
+  values_in_place_.resize(sequences.size());
   for (size_t s = 0; s < sequences.size(); ++s) {
     const int32_t* slot = &key_slot_[key_begin_[s]];
     const int64_t n = key_begin_[s + 1] - key_begin_[s];
     bool consecutive = n > 0;
     for (int64_t j = 1; j < n && consecutive; ++j) consecutive = slot[j] == slot[0] + j;
     first_slot_[s] = consecutive ? slot[0] : -1;
+    values_in_place_[s] = consecutive && sequences[s].kv->dtype() == KvDtype::kF32;
   }
   // Frequency-major, so the writes are sequential (the table reads stride).
   for (int64_t i = 0; i < half; ++i) {
@@ -136,7 +139,53 @@ void Attention::Prepare(absl::Span<const AttentionSequence> sequences, int64_t n
   }
 }
 
+namespace {
+
+// Widens `n` stored elements to float: F32 copies, F16 / BF16 convert (SIMD).
+void WidenRow(KvDtype dtype, const void* src, float* dst, int64_t n) {
+  switch (dtype) {
+    case KvDtype::kF32:
+      std::memcpy(dst, src, n * sizeof(float));
+      break;
+    case KvDtype::kF16:
+      HalfToFloatRow(static_cast<const uint16_t*>(src), dst, n);
+      break;
+    case KvDtype::kBF16:
+      Bf16ToFloatRow(static_cast<const uint16_t*>(src), dst, n);
+      break;
+  }
+}
+
+// Element `i` of a stored row as float.
+float WidenOne(KvDtype dtype, const void* row, int64_t i) {
+  switch (dtype) {
+    case KvDtype::kF32:
+      return static_cast<const float*>(row)[i];
+    case KvDtype::kF16:
+      return HalfToFloat(static_cast<const uint16_t*>(row)[i]);
+    case KvDtype::kBF16:
+      return Bf16ToFloat(static_cast<const uint16_t*>(row)[i]);
+  }
+  return 0.f;
+}
+
+// Row `r` (capacity) of a layer's keys or values, in the storage dtype.
+const void* StoredRow(const CpuKvStorage& kv, int64_t layer, bool keys, int64_t r) {
+  const int64_t at = r * kv.capacity();
+  if (kv.dtype() == KvDtype::kF32) {
+    return (keys ? kv.keys(layer) : kv.values(layer)) + at;
+  }
+  return (keys ? kv.keys16(layer) : kv.values16(layer)) + at;
+}
+
+// Converted keys per pass: a chunk of both rows of a RoPE pair stays in L1.
+constexpr int64_t kWidenChunk = 512;
+
+}  // namespace
+
 void Attention::GatherRange(int64_t layer, int64_t begin, int64_t end) {
+  // Per-thread rows of widened half-precision keys, reused across steps.
+  thread_local std::vector<float> wide_a, wide_b;  // (kWidenChunk) each
   const int64_t kv_dim = n_kv_heads_ * head_dim_;
   const int64_t half = head_dim_ / 2;
   const int64_t total = key_begin_.back();
@@ -150,14 +199,15 @@ void Attention::GatherRange(int64_t layer, int64_t begin, int64_t end) {
     const int64_t j1 = std::min(end, kb + n_keys) - kb;
     begin = kb + j1;
     const CpuKvStorage& kv = *sequences_[s].kv;
-    const int64_t cap = kv.capacity();
-    const float* k = kv.keys(layer);    // (kv_dim, capacity)
+    const KvDtype dtype = kv.dtype();
+    const size_t elem = KvDtypeBytes(dtype);
     const int32_t* slot = &key_slot_[kb];  // (n_keys)
     const int32_t first = first_slot_[s];  // >= 0: slots first, first + 1, ...
     float* kt = &keys_[kb * kv_dim];       // (n_kv_heads, head_dim, n_keys)
 
     // Rotate keys [j0, j1) pair by pair into kt, reading the storage rows in
-    // place (consecutive slots) or through the slot list.
+    // place (consecutive F32 slots), widened a chunk at a time (consecutive
+    // F16 / BF16 slots) or through the slot list.
     for (int64_t h = 0; h < n_kv_heads_; ++h) {
       for (int64_t i = 0; i < half; ++i) {
         const int64_t r0 = h * head_dim_ + (neox ? i : 2 * i);
@@ -166,32 +216,56 @@ void Attention::GatherRange(int64_t layer, int64_t begin, int64_t end) {
         const float* sn = &key_sin_[i * total + kb];  // (n_keys)
         float* x0 = kt + r0 * n_keys;
         float* x1 = kt + r1 * n_keys;
+        const void* row0 = StoredRow(kv, layer, true, r0);  // (capacity)
+        const void* row1 = StoredRow(kv, layer, true, r1);  // (capacity)
         if (first >= 0) {
-          const float* a = k + r0 * cap + first;  // (n_keys)
-          const float* b = k + r1 * cap + first;  // (n_keys)
-          for (int64_t j = j0; j < j1; ++j) {
-            x0[j] = a[j] * c[j] - b[j] * sn[j];
-            x1[j] = a[j] * sn[j] + b[j] * c[j];
+          for (int64_t c0 = j0; c0 < j1; c0 += kWidenChunk) {
+            const int64_t c1 = std::min(j1, c0 + kWidenChunk);
+            const float* a;  // (c1 - c0) first components of the pairs
+            const float* b;  // (c1 - c0) second components
+            if (dtype == KvDtype::kF32) {
+              a = static_cast<const float*>(row0) + first + c0;
+              b = static_cast<const float*>(row1) + first + c0;
+            } else {
+              if (wide_a.size() < static_cast<size_t>(kWidenChunk)) {
+                wide_a.resize(kWidenChunk);
+                wide_b.resize(kWidenChunk);
+              }
+              WidenRow(dtype, static_cast<const char*>(row0) + (first + c0) * elem,
+                       wide_a.data(), c1 - c0);
+              WidenRow(dtype, static_cast<const char*>(row1) + (first + c0) * elem,
+                       wide_b.data(), c1 - c0);
+              a = wide_a.data();
+              b = wide_b.data();
+            }
+            for (int64_t j = c0; j < c1; ++j) {
+              const float x = a[j - c0], y = b[j - c0];
+              x0[j] = x * c[j] - y * sn[j];
+              x1[j] = x * sn[j] + y * c[j];
+            }
           }
         } else {
-          const float* a = k + r0 * cap;  // (capacity)
-          const float* b = k + r1 * cap;  // (capacity)
           for (int64_t j = j0; j < j1; ++j) {
-            const float x = a[slot[j]], y = b[slot[j]];
+            const float x = WidenOne(dtype, row0, slot[j]);
+            const float y = WidenOne(dtype, row1, slot[j]);
             x0[j] = x * c[j] - y * sn[j];
             x1[j] = x * sn[j] + y * c[j];
           }
         }
       }
     }
-    // Values are read in place when the slots are consecutive.
-    if (first < 0) {
-      const float* v = kv.values(layer);    // (kv_dim, capacity)
-      float* vt = &values_[kb * kv_dim];    // (kv_dim, n_keys)
+    // Values are read in place when the slots are consecutive and F32.
+    if (!values_in_place_[s]) {
+      float* vt = &values_[kb * kv_dim];  // (kv_dim, n_keys)
       for (int64_t r = 0; r < kv_dim; ++r) {
-        const float* src = v + r * cap;
+        const void* src = StoredRow(kv, layer, false, r);  // (capacity)
         float* dst = vt + r * n_keys;
-        for (int64_t j = j0; j < j1; ++j) dst[j] = src[slot[j]];
+        if (first >= 0) {
+          WidenRow(dtype, static_cast<const char*>(src) + (first + j0) * elem, dst + j0,
+                   j1 - j0);
+        } else {
+          for (int64_t j = j0; j < j1; ++j) dst[j] = WidenOne(dtype, src, slot[j]);
+        }
       }
     }
   }
@@ -224,7 +298,7 @@ void Attention::AttendRow(int64_t row, int64_t head, float* q, float* out) const
   const float* kt = &keys_[key_begin_[s] * kv_dim + kv_head * head_dim_ * n_all];
   const float* vt;
   int64_t v_stride;
-  if (first_slot_[s] >= 0) {
+  if (values_in_place_[s]) {
     v_stride = seq.kv->capacity();
     vt = seq.kv->values(layer_) + kv_head * head_dim_ * v_stride + first_slot_[s];
   } else {
@@ -254,21 +328,27 @@ void Attention::Forward(int64_t layer, float* q, float* out, ThreadPool* pool) {
   // Work items are (row, head). Rows are visited in zigzag order (0, n-1, 1,
   // n-2, ...) because causal rows cost more the later they come, and the pool
   // hands each thread one contiguous range: zigzag evens the ranges out.
-  const int64_t n_rows = n_rows_;
-  const int64_t n_heads = n_heads_;
-  auto attend = [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t z = item / n_heads;
-      const int64_t row = (z % 2 == 0) ? z / 2 : n_rows - 1 - z / 2;
-      AttendRow(row, item % n_heads, q, out);
+  // One pointer captured, so that std::function needs no allocation.
+  const struct Job {
+    Attention* self;
+    float* q;
+    float* out;
+    void Run(int64_t begin, int64_t end) const {
+      const int64_t n_rows = self->n_rows_, n_heads = self->n_heads_;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t z = item / n_heads;
+        const int64_t row = (z % 2 == 0) ? z / 2 : n_rows - 1 - z / 2;
+        self->AttendRow(row, item % n_heads, q, out);
+      }
     }
-  };
+  } job{this, q, out};
   // Work: every row scores and sums (its keys x head_dim) per head; bounded
   // above by all keys for every row.
-  if (n_rows * key_begin_.back() * n_heads * head_dim_ < kInlineWork) {
-    attend(0, n_rows * n_heads);
+  if (n_rows_ * key_begin_.back() * n_heads_ * head_dim_ < kInlineWork) {
+    job.Run(0, n_rows_ * n_heads_);
   } else {
-    pool->ParallelFor(n_rows * n_heads, 1, attend);
+    pool->ParallelFor(n_rows_ * n_heads_, 1,
+                      [&job](int64_t begin, int64_t end) { job.Run(begin, end); });
   }
 }
 

@@ -1,6 +1,9 @@
 // Causal multi-head (grouped-query) attention over a KV storage whose keys
 // are stored before RoPE.
 //
+// The storage may hold F32, F16 or BF16 rows; keys are widened to float as they
+// are rotated, values as they are gathered, so the math is float throughout.
+//
 // Positions come with every call, never from the slots: each key is rotated
 // by the position its cell has *now*, so a cache that evicts cells and
 // renumbers the survivors (StreamingLLM) needs no re-rotation of stored keys.
@@ -99,6 +102,9 @@ class Attention {
   // (n_sequences): the first slot when a sequence's keys (context, then new
   // tokens) occupy consecutive slots, else -1.
   std::vector<int32_t> first_slot_;
+  // (n_sequences): values read straight from the storage (consecutive slots,
+  // F32); the others are widened / gathered into values_.
+  std::vector<char> values_in_place_;
   int64_t layer_ = 0;  // layer of the running Forward
   // (head_dim / 2, total keys): RoPE cos / sin of each key's position, the
   // same for every layer, so gathered once per step.
@@ -107,7 +113,7 @@ class Attention {
   // Per sequence s, at key_begin_[s] * kv_dim: (n_kv_heads, head_dim, n_keys)
   // with n_keys = context + new tokens of s.
   std::vector<float> keys_;    // rotated by RoPE
-  std::vector<float> values_;  // only for sequences with first_slot_ < 0
+  std::vector<float> values_;  // only for sequences without values_in_place_
 };
 
 }  // namespace sinkserve::engine

@@ -1,5 +1,7 @@
 #include "engine/backend.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace sinkserve::engine {
 
 std::string_view KvDtypeName(KvDtype dtype) {
@@ -12,6 +14,15 @@ std::string_view KvDtypeName(KvDtype dtype) {
       return "bf16";
   }
   return "unknown";
+}
+
+absl::StatusOr<KvDtype> ParseKvDtype(std::string_view name) {
+  for (KvDtype dtype : {KvDtype::kF32, KvDtype::kF16, KvDtype::kBF16}) {
+    if (name == KvDtypeName(dtype)) return dtype;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown KV dtype '", absl::string_view(name.data(), name.size()),
+      "' (expected f32, f16 or bf16)"));
 }
 
 size_t KvDtypeBytes(KvDtype dtype) {

@@ -25,6 +25,9 @@ namespace sinkserve::engine {
 enum class KvDtype { kF32, kF16, kBF16 };
 
 std::string_view KvDtypeName(KvDtype dtype);
+// The inverse of KvDtypeName ("f32", "f16", "bf16"; case-sensitive), for
+// command-line flags and configs. INVALID_ARGUMENT names the accepted values.
+absl::StatusOr<KvDtype> ParseKvDtype(std::string_view name);
 size_t KvDtypeBytes(KvDtype dtype);
 
 // K/V rows of one sequence: `capacity` slots; per layer and slot a pre-RoPE key

@@ -1,7 +1,6 @@
 #include "engine/bpe_tokenizer.h"
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <fstream>
@@ -403,26 +402,21 @@ INSTANTIATE_TEST_SUITE_P(Files, BpeVectorTest,
                                            "ggml-vocab-falcon.gguf",
                                            "ggml-vocab-deepseek-coder.gguf"));
 
-TEST_P(BpeVectorTest, EncodesAMegabyteQuickly) {
+// A megabyte of mixed text plus one 64 KiB piece with no break in it (merges
+// on 64 KiB at once) round-trips. Its speed is measured by
+// tests/bench/tokenizer_bench.cc, not asserted here.
+TEST_P(BpeVectorTest, EncodesAMegabyteAndRoundTrips) {
   const std::unique_ptr<VectorFile> v = LoadVectors(GetParam());
   ASSERT_NE(v, nullptr);
   std::string text;
   while (text.size() < (1 << 20)) {
     for (const std::string& input : v->inputs) text += input;
   }
-  // And one piece with no break in it: merges on 64 KiB at once.
   text += std::string(1 << 16, 'a');
-  const auto start = std::chrono::steady_clock::now();
   const std::vector<int32_t> ids = Encode(*v->tokenizer, text);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-          .count();
-  std::cout << GetParam() << ": " << text.size() << " bytes -> " << ids.size()
-            << " tokens in " << seconds << " s\n";
+  EXPECT_GT(ids.size(), text.size() / 16);  // the bulk is ordinary text
+  EXPECT_LT(ids.size(), text.size());
   EXPECT_EQ(v->tokenizer->Decode(ids), text);
-  // Release builds take well under a second; the margin is for sanitizers
-  // and busy machines.
-  EXPECT_LT(seconds, 5.0);
 }
 
 }  // namespace

@@ -24,13 +24,21 @@ constexpr int64_t kParallelElements = 1 << 15;
 // out (n, dim) = x (n, dim) / rms(x) * w (dim). out may alias x.
 void RmsNormRows(const float* x, const float* w, int64_t n, int64_t dim, float eps,
                  float* out, ThreadPool* pool) {
-  auto rows = [=](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) RmsNorm(x + r * dim, w, dim, eps, out + r * dim);
-  };
+  // One pointer captured, so that std::function needs no allocation.
+  const struct Job {
+    const float* x;
+    const float* w;
+    int64_t dim;
+    float eps;
+    float* out;
+    void Run(int64_t begin, int64_t end) const {
+      for (int64_t r = begin; r < end; ++r) RmsNorm(x + r * dim, w, dim, eps, out + r * dim);
+    }
+  } job{x, w, dim, eps, out};
   if (n * dim < kParallelElements) {
-    rows(0, n);
+    job.Run(0, n);
   } else {
-    pool->ParallelFor(n, 1, rows);
+    pool->ParallelFor(n, 1, [&job](int64_t begin, int64_t end) { job.Run(begin, end); });
   }
 }
 
@@ -63,8 +71,9 @@ void Reserve(std::vector<float>& v, int64_t n) {
 
 class CpuBackend : public Backend {
  public:
-  CpuBackend(std::shared_ptr<const ModelWeights> weights, int threads)
+  CpuBackend(std::shared_ptr<const ModelWeights> weights, int threads, KvDtype kv_dtype)
       : weights_(std::move(weights)),
+        kv_dtype_(kv_dtype),
         config_(weights_->config()),
         q_dim_(config_.n_heads * config_.head_dim),
         kv_dim_(config_.n_kv_heads * config_.head_dim),
@@ -76,7 +85,7 @@ class CpuBackend : public Backend {
 
   absl::StatusOr<std::unique_ptr<KvStorage>> NewKvStorage(int capacity) override {
     SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<CpuKvStorage> kv,
-                               CpuKvStorage::Create(config_.n_layers, kv_dim_, capacity));
+                               CpuKvStorage::Create(config_.n_layers, kv_dim_, capacity, kv_dtype_));
     return std::unique_ptr<KvStorage>(std::move(kv));
   }
 
@@ -89,6 +98,7 @@ class CpuBackend : public Backend {
   void Logits(absl::Span<const SequenceStep> batch, StepResult* result);
 
   std::shared_ptr<const ModelWeights> weights_;
+  const KvDtype kv_dtype_;
   const ModelConfig& config_;
   const int64_t q_dim_;
   const int64_t kv_dim_;
@@ -209,9 +219,9 @@ void CpuBackend::Layer(int64_t layer, int64_t n_rows) {
 
   // Attention block.
   RmsNormRows(x_.data(), w.attn_norm, n_rows, dim, config_.rms_eps, xb_.data(), pool);
-  MatMul(w.wq, xb_.data(), n_rows, q_.data(), pool);  // (n_rows, q_dim)
-  MatMul(w.wk, xb_.data(), n_rows, k_.data(), pool);  // (n_rows, kv_dim)
-  MatMul(w.wv, xb_.data(), n_rows, v_.data(), pool);  // (n_rows, kv_dim)
+  // q (n_rows, q_dim), k and v (n_rows, kv_dim): one pass over xb.
+  const MatMulOutput qkv[] = {{&w.wq, q_.data()}, {&w.wk, k_.data()}, {&w.wv, v_.data()}};
+  MatMulFused(qkv, xb_.data(), n_rows, pool);
   AddBias(q_.data(), w.bq, n_rows, q_dim_);
   AddBias(k_.data(), w.bk, n_rows, kv_dim_);
   AddBias(v_.data(), w.bv, n_rows, kv_dim_);
@@ -229,8 +239,9 @@ void CpuBackend::Layer(int64_t layer, int64_t n_rows) {
 
   // Feed-forward block (SwiGLU).
   RmsNormRows(x_.data(), w.ffn_norm, n_rows, dim, config_.rms_eps, xb_.data(), pool);
-  MatMul(w.w_gate, xb_.data(), n_rows, gate_.data(), pool);  // (n_rows, ffn)
-  MatMul(w.w_up, xb_.data(), n_rows, up_.data(), pool);      // (n_rows, ffn)
+  // gate and up (n_rows, ffn): one pass over xb.
+  const MatMulOutput gate_up[] = {{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}};
+  MatMulFused(gate_up, xb_.data(), n_rows, pool);
   SwiGlu(gate_.data(), up_.data(), n_rows * ffn, pool);
   MatMul(w.w_down, gate_.data(), n_rows, xb_.data(), pool);  // (n_rows, dim)
   AddRows(x_.data(), xb_.data(), n_rows * dim);
@@ -317,8 +328,12 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCpuBackend(
   if (options.threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("threads = ", options.threads));
   }
+  if (KvDtypeBytes(options.kv_dtype) == 0) {
+    return absl::InvalidArgumentError("unknown KV dtype");
+  }
   const int threads = options.threads > 0 ? options.threads : ThreadPool::DefaultThreads();
-  return std::unique_ptr<Backend>(new CpuBackend(std::move(weights), threads));
+  return std::unique_ptr<Backend>(
+      new CpuBackend(std::move(weights), threads, options.kv_dtype));
 }
 
 }  // namespace sinkserve::engine

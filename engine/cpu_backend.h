@@ -21,6 +21,11 @@ struct CpuBackendOptions {
   // one per core.
   // Default: 0.
   int threads = 0;
+  // Element type of the K/V rows of every storage NewKvStorage makes. F16 and
+  // BF16 halve the cache's memory and bandwidth; attention still computes in
+  // float (rows are widened exactly as they are read).
+  // Default: KvDtype::kF32.
+  KvDtype kv_dtype = KvDtype::kF32;
 };
 
 // The backend shares `weights` (several backends may serve one mapping).

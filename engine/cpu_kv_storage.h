@@ -1,11 +1,16 @@
-// KvStorage in host memory: F32 pre-RoPE keys and values.
+// KvStorage in host memory: pre-RoPE keys and values in F32, F16 or BF16.
 //
 // Stored slot-minor, (layer, kv_dim, capacity): component c of every slot's
 // key is one contiguous row. Attention consumes keys that way (it scores all
 // keys against a query one head component at a time and rotates them pair by
 // pair), so when a sequence's cells sit in consecutive slots — the normal
-// case — attention reads the storage in place instead of transposing every
-// cached row at every layer of every step.
+// case — attention reads the storage in place (F32) or converts whole rows
+// with SIMD (F16 / BF16) instead of transposing every cached row at every
+// layer of every step.
+//
+// Half-precision storage halves the cache's memory and its read traffic; rows
+// are rounded to nearest-even once when written and widened exactly when read,
+// so moves, exports and imports never round again.
 #ifndef SINKSERVE_ENGINE_CPU_KV_STORAGE_H_
 #define SINKSERVE_ENGINE_CPU_KV_STORAGE_H_
 
@@ -27,12 +32,11 @@ class CpuKvStorage : public KvStorage {
  public:
   // INVALID_ARGUMENT for a non-positive shape; RESOURCE_EXHAUSTED when the
   // rows would not fit in memory.
-  static absl::StatusOr<std::unique_ptr<CpuKvStorage>> Create(int64_t n_layers,
-                                                               int64_t kv_dim,
-                                                               int capacity);
+  static absl::StatusOr<std::unique_ptr<CpuKvStorage>> Create(
+      int64_t n_layers, int64_t kv_dim, int capacity, KvDtype dtype = KvDtype::kF32);
 
   int capacity() const override { return capacity_; }
-  KvDtype dtype() const override { return KvDtype::kF32; }
+  KvDtype dtype() const override { return dtype_; }
   int64_t n_layers() const { return n_layers_; }
   int64_t kv_dim() const { return kv_dim_; }
 
@@ -41,27 +45,44 @@ class CpuKvStorage : public KvStorage {
   absl::Status ImportSlots(absl::Span<const int32_t> slots, std::string_view bytes) override;
 
   // Keys / values of `layer`: (kv_dim, capacity), component c of slot s at
-  // [c * capacity() + s].
-  const float* keys(int64_t layer) const { return &k_[Offset(layer)]; }
-  const float* values(int64_t layer) const { return &v_[Offset(layer)]; }
+  // [c * capacity() + s]. keys()/values() only for dtype() == kF32,
+  // keys16()/values16() (F16 or BF16 bits) only for the half types.
+  const float* keys(int64_t layer) const { return &k32_[Offset(layer)]; }
+  const float* values(int64_t layer) const { return &v32_[Offset(layer)]; }
+  const uint16_t* keys16(int64_t layer) const { return &k16_[Offset(layer)]; }
+  const uint16_t* values16(int64_t layer) const { return &v16_[Offset(layer)]; }
 
-  // Writes / reads the key and value of `slot` in `layer`: k, v (kv_dim). No
-  // bounds checks: the backend validates slots once per step.
+  // Writes / reads the key and value of `slot` in `layer`: k, v (kv_dim),
+  // rounded to the storage dtype on write. No bounds checks: the backend
+  // validates slots once per step.
   void Write(int64_t layer, int64_t slot, const float* k, const float* v);
   void Read(int64_t layer, int64_t slot, float* k, float* v) const;
 
  private:
-  CpuKvStorage(int64_t n_layers, int64_t kv_dim, int capacity);
+  CpuKvStorage(int64_t n_layers, int64_t kv_dim, int capacity, KvDtype dtype);
   size_t Offset(int64_t layer) const {
     return static_cast<size_t>(layer) * kv_dim_ * capacity_;
   }
   absl::Status CheckSlots(absl::Span<const int32_t> slots) const;
+  template <typename T>
+  void Move(std::vector<T>& k, std::vector<T>& v,
+            absl::Span<const std::pair<int32_t, int32_t>> moves);
+  template <typename T>
+  void Export(const std::vector<T>& k, const std::vector<T>& v,
+              absl::Span<const int32_t> slots, char* dst) const;
+  template <typename T>
+  void Import(std::vector<T>& k, std::vector<T>& v, absl::Span<const int32_t> slots,
+              const char* src);
 
   int64_t n_layers_;
   int64_t kv_dim_;
   int capacity_;
-  std::vector<float> k_;  // (layer, kv_dim, capacity), keys before RoPE
-  std::vector<float> v_;  // (layer, kv_dim, capacity)
+  KvDtype dtype_;
+  // Exactly one pair is allocated, by dtype_.
+  std::vector<float> k32_;     // (layer, kv_dim, capacity), keys before RoPE
+  std::vector<float> v32_;     // (layer, kv_dim, capacity)
+  std::vector<uint16_t> k16_;  // (layer, kv_dim, capacity), F16 or BF16 bits
+  std::vector<uint16_t> v16_;  // (layer, kv_dim, capacity)
 };
 
 }  // namespace sinkserve::engine

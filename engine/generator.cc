@@ -5,6 +5,7 @@
 #include <numeric>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "memory/status_macros.h"
 
@@ -15,48 +16,35 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Holds back text that might be the start of a stop string, and cuts the
-// text at the first stop string found.
-class StopFilter {
- public:
-  explicit StopFilter(const std::vector<std::string>& stops) : stops_(stops) {}
-
-  // Appends `text`; returns what is now safe to emit. On a stop string,
-  // returns the text before it and sets *hit.
-  std::string Push(std::string_view text, bool* hit) {
-    pending_.append(text);
-    size_t cut = std::string::npos;
-    for (const std::string& s : stops_) {
-      if (!s.empty()) cut = std::min(cut, pending_.find(s));
-    }
-    if (cut != std::string::npos) {
-      *hit = true;
-      std::string out = pending_.substr(0, cut);
-      pending_.clear();
-      return out;
-    }
-    // Longest suffix of pending_ that is a proper prefix of a stop string.
-    size_t hold = 0;
-    for (const std::string& s : stops_) {
-      for (size_t k = std::min(s.size() - (s.empty() ? 0 : 1), pending_.size()); k > hold;
-           --k) {
-        if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
-          hold = k;
-          break;
-        }
-      }
-    }
-    std::string out = pending_.substr(0, pending_.size() - hold);
-    pending_.erase(0, pending_.size() - hold);
+// Appends `text` to the held-back `pending` text and returns what is now safe
+// to emit: everything but the longest suffix that may start a stop string. On
+// a stop string, returns the text before it and sets *hit.
+std::string PushStopFiltered(const std::vector<std::string>& stops, std::string* pending,
+                             std::string_view text, bool* hit) {
+  pending->append(text);
+  size_t cut = std::string::npos;
+  for (const std::string& s : stops) {
+    if (!s.empty()) cut = std::min(cut, pending->find(s));
+  }
+  if (cut != std::string::npos) {
+    *hit = true;
+    std::string out = pending->substr(0, cut);
+    pending->clear();
     return out;
   }
-
-  std::string Finish() { return std::exchange(pending_, std::string()); }
-
- private:
-  const std::vector<std::string>& stops_;
-  std::string pending_;
-};
+  size_t hold = 0;
+  for (const std::string& s : stops) {
+    for (size_t k = std::min(s.size() - (s.empty() ? 0 : 1), pending->size()); k > hold; --k) {
+      if (pending->compare(pending->size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  std::string out = pending->substr(0, pending->size() - hold);
+  pending->erase(0, pending->size() - hold);
+  return out;
+}
 
 }  // namespace
 
@@ -88,74 +76,154 @@ std::string_view StopReasonName(StopReason reason) {
   return "unknown";
 }
 
+TurnDriver::TurnDriver(Sequence& seq, const Tokenizer& tokenizer, Sampler& sampler,
+                       const GeneratorOptions& options, const GeneratorCallbacks& callbacks)
+    : seq_(seq),
+      tokenizer_(tokenizer),
+      sampler_(sampler),
+      options_(options),
+      callbacks_(callbacks) {}
+
+absl::Status TurnDriver::Start(absl::Span<const int32_t> prompt) {
+  if (phase_ != Phase::kIdle) return absl::FailedPreconditionError("turn already started");
+  if (prompt.empty() && seq_.pending().empty()) {
+    return absl::InvalidArgumentError("empty prompt (start from BOS)");
+  }
+  const Vocab& vocab = tokenizer_.vocab();
+  // SentencePiece's leading space is dropped only when the text starts here.
+  const bool from_bos = seq_.cache().empty() && prompt.size() == 1 && prompt[0] == vocab.bos_id;
+  detokenizer_ = std::make_unique<StreamingDetokenizer>(tokenizer_, from_bos);
+  prompt_.assign(prompt.begin(), prompt.end());
+  evicted_before_ = seq_.cache().evicted_total();
+  stats_ = GenerationStats();
+  stats_.prompt_tokens = prompt_.size();
+  for (int32_t id : prompt_) sampler_.Accept(id);
+  start_ = std::chrono::steady_clock::now();
+  phase_ = Phase::kPrefill;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SequenceStep> TurnDriver::Prepare() {
+  if (phase_ != Phase::kPrefill && phase_ != Phase::kDecode) {
+    return absl::FailedPreconditionError("turn not running");
+  }
+  if (planned_) return absl::FailedPreconditionError("a step is already planned");
+  // Exactly Sequence::Feed's plan: only the step that ends the prompt needs
+  // logits, unless every row is asked for.
+  absl::Span<const int32_t> rest = absl::MakeConstSpan(prompt_).subspan(fed_);
+  LogitsMode mode = LogitsMode::kLast;
+  if (callbacks_.on_logits) {
+    mode = LogitsMode::kAll;
+  } else if (phase_ == Phase::kPrefill &&
+             seq_.pending().size() + rest.size() > static_cast<size_t>(seq_.StepLimit())) {
+    mode = LogitsMode::kNone;
+  }
+  int taken = 0;
+  SINKSERVE_ASSIGN_OR_RETURN(
+      SequenceStep step,
+      seq_.Prepare(phase_ == Phase::kPrefill ? rest : absl::Span<const int32_t>(), mode, &taken));
+  planned_taken_ = taken;
+  planned_ = true;
+  return step;
+}
+
+void TurnDriver::Abort() {
+  if (!planned_) return;
+  seq_.Abort();
+  planned_ = false;
+}
+
+absl::Status TurnDriver::Complete(absl::Span<const float> logits) {
+  if (!planned_) return absl::FailedPreconditionError("no step is planned");
+  planned_ = false;
+  SINKSERVE_RETURN_IF_ERROR(seq_.Complete(logits));
+  if (callbacks_.on_logits) callbacks_.on_logits(seq_.step_logits(), seq_.step_rows());
+  if (phase_ == Phase::kPrefill) {
+    fed_ += planned_taken_;
+    if (!seq_.pending().empty() || fed_ < prompt_.size()) return absl::OkStatus();
+    stats_.prompt_seconds = SecondsSince(start_);
+    start_ = std::chrono::steady_clock::now();
+    phase_ = Phase::kDecode;
+  }
+  return SampleNext();
+}
+
+absl::Status TurnDriver::SampleNext() {
+  if (stats_.generated_tokens >= options_.max_tokens) {
+    Finish(StopReason::kMaxTokens);
+    return absl::OkStatus();
+  }
+  if (seq_.last_logits().empty()) return absl::InternalError("no logits to sample from");
+  const Vocab& vocab = tokenizer_.vocab();
+  const int32_t id = sampler_.Sample(seq_.last_logits());
+  sampler_.Accept(id);
+  seq_.AddPending(id, seq_.last_logits());
+  if (options_.stop_at_end_of_text && (id == vocab.eos_id || id == vocab.bos_id ||
+                                       absl::c_linear_search(options_.end_of_text_ids, id))) {
+    Finish(StopReason::kEndOfText);
+    return absl::OkStatus();
+  }
+  ++stats_.generated_tokens;
+  if (callbacks_.on_token && !callbacks_.on_token(id)) {
+    Finish(StopReason::kCancelled);
+    return absl::OkStatus();
+  }
+  bool hit = false;
+  Emit(PushStopFiltered(options_.stop_strings, &stop_pending_, detokenizer_->Push(id), &hit));
+  if (hit) {
+    stop_pending_.clear();
+    Finish(StopReason::kStopString);
+  } else if (stats_.generated_tokens >= options_.max_tokens) {
+    Finish(StopReason::kMaxTokens);  // the last token is fed next turn
+  } else if (seq_.StepLimit() == 0) {
+    Finish(StopReason::kContextFull);
+  }
+  return absl::OkStatus();
+}
+
+void TurnDriver::Cancel() {
+  if (phase_ == Phase::kDone || phase_ == Phase::kIdle) return;
+  Abort();
+  if (phase_ == Phase::kPrefill) stats_.prompt_seconds = SecondsSince(start_);
+  Finish(StopReason::kCancelled);
+}
+
+void TurnDriver::Emit(const std::string& text) {
+  if (!text.empty() && callbacks_.on_text) callbacks_.on_text(text);
+}
+
+void TurnDriver::Finish(StopReason reason) {
+  stats_.stop = reason;
+  if (reason != StopReason::kStopString) {
+    bool hit = false;
+    Emit(PushStopFiltered(options_.stop_strings, &stop_pending_, detokenizer_->Finish(), &hit));
+    if (hit) {
+      stats_.stop = StopReason::kStopString;
+    } else {
+      Emit(std::exchange(stop_pending_, std::string()));
+    }
+  }
+  stats_.generate_seconds = SecondsSince(start_);
+  stats_.evicted = seq_.cache().evicted_total() - evicted_before_;
+  phase_ = Phase::kDone;
+}
+
 absl::StatusOr<GenerationStats> RunTurn(Sequence& seq, const Tokenizer& tokenizer,
                                         absl::Span<const int32_t> prompt, Sampler& sampler,
                                         const GeneratorOptions& options,
                                         const GeneratorCallbacks& callbacks) {
-  if (prompt.empty() && seq.pending().empty()) {
-    return absl::InvalidArgumentError("empty prompt (start from BOS)");
+  TurnDriver turn(seq, tokenizer, sampler, options, callbacks);
+  SINKSERVE_RETURN_IF_ERROR(turn.Start(prompt));
+  StepResult result;
+  while (!turn.done()) {
+    SINKSERVE_ASSIGN_OR_RETURN(SequenceStep step, turn.Prepare());
+    if (absl::Status s = seq.backend()->Forward({step}, &result); !s.ok()) {
+      turn.Abort();
+      return s;
+    }
+    SINKSERVE_RETURN_IF_ERROR(turn.Complete(result.logits[0]));
   }
-  const Vocab& vocab = tokenizer.vocab();
-  auto is_end_of_text = [&](int32_t id) { return id == vocab.eos_id || id == vocab.bos_id; };
-  std::function<void(absl::Span<const float>, int64_t)> on_rows;
-  if (callbacks.on_logits) on_rows = callbacks.on_logits;
-  const int64_t evicted_before = seq.cache().evicted_total();
-  // SentencePiece's leading space is dropped only when the text starts here.
-  const bool from_bos =
-      seq.cache().empty() && prompt.size() == 1 && prompt[0] == vocab.bos_id;
-
-  GenerationStats stats;
-  stats.prompt_tokens = prompt.size();
-  for (int32_t id : prompt) sampler.Accept(id);
-  auto start = std::chrono::steady_clock::now();
-  SINKSERVE_RETURN_IF_ERROR(seq.Feed(prompt, LogitsMode::kLast, on_rows));
-  stats.prompt_seconds = SecondsSince(start);
-  start = std::chrono::steady_clock::now();
-
-  StreamingDetokenizer detokenizer(tokenizer, from_bos);
-  StopFilter filter(options.stop_strings);
-  auto emit = [&](const std::string& text) {
-    if (!text.empty() && callbacks.on_text) callbacks.on_text(text);
-  };
-  bool stopped_by_string = false;
-  stats.stop = StopReason::kMaxTokens;
-  while (stats.generated_tokens < options.max_tokens) {
-    if (seq.last_logits().empty()) return absl::InternalError("no logits to sample from");
-    const int32_t id = sampler.Sample(seq.last_logits());
-    sampler.Accept(id);
-    seq.AddPending(id, seq.last_logits());
-    if (options.stop_at_end_of_text && is_end_of_text(id)) {
-      stats.stop = StopReason::kEndOfText;
-      break;
-    }
-    ++stats.generated_tokens;
-    if (callbacks.on_token && !callbacks.on_token(id)) {
-      stats.stop = StopReason::kCancelled;
-      break;
-    }
-    emit(filter.Push(detokenizer.Push(id), &stopped_by_string));
-    if (stopped_by_string) {
-      stats.stop = StopReason::kStopString;
-      break;
-    }
-    if (stats.generated_tokens >= options.max_tokens) break;  // fed next turn
-    if (seq.StepLimit() == 0) {
-      stats.stop = StopReason::kContextFull;
-      break;
-    }
-    SINKSERVE_RETURN_IF_ERROR(seq.Feed({}, LogitsMode::kLast, on_rows));
-  }
-  if (!stopped_by_string) {
-    emit(filter.Push(detokenizer.Finish(), &stopped_by_string));
-    if (stopped_by_string) {
-      stats.stop = StopReason::kStopString;
-    } else {
-      emit(filter.Finish());
-    }
-  }
-  stats.generate_seconds = SecondsSince(start);
-  stats.evicted = seq.cache().evicted_total() - evicted_before;
-  return stats;
+  return turn.stats();
 }
 
 absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Backend* backend,
@@ -174,8 +242,8 @@ absl::StatusOr<GenerationStats> Generator::Generate(absl::Span<const int32_t> pr
                                                     const GeneratorCallbacks& callbacks) {
   if (prompt.empty()) return absl::InvalidArgumentError("empty prompt (start from BOS)");
   if (static_cast<int>(prompt.size()) > capacity_) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt.size(),
-                                                   " tokens exceeds the cache of ", capacity_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt of ", prompt.size(), " tokens exceeds the cache of ", capacity_));
   }
   SequenceOptions seq_options;
   seq_options.capacity = capacity_;

@@ -5,6 +5,7 @@
 #ifndef SINKSERVE_ENGINE_GENERATOR_H_
 #define SINKSERVE_ENGINE_GENERATOR_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -12,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/backend.h"
@@ -67,6 +69,11 @@ struct GeneratorOptions {
   // they are generated and fed back like any token (fixed-length runs).
   // Default: true.
   bool stop_at_end_of_text = true;
+  // More ids that end the text like EOS when stop_at_end_of_text (a chat
+  // template's end-of-turn token, e.g. Llama 3's <|eot_id|>, which renders as
+  // no text and so cannot be a stop string).
+  // Default: none.
+  std::vector<int32_t> end_of_text_ids;
 };
 
 struct GeneratorCallbacks {
@@ -87,6 +94,80 @@ struct GenerationStats {
   double generate_seconds = 0;  // from the first logits to the end
   StopReason stop = StopReason::kMaxTokens;
   int64_t evicted = 0;  // cells the policy evicted during the turn
+};
+
+// One turn on one Sequence, advanced one forward step at a time, so that a
+// scheduler can batch the steps of many turns into one Backend::Forward while
+// every turn takes exactly the steps (prefill chunks, then one token each)
+// and the sampling decisions it would take alone. RunTurn is this driver
+// stepped alone.
+//
+//   TurnDriver turn(seq, tokenizer, sampler, options, callbacks);
+//   RETURN_IF_ERROR(turn.Start(prompt));
+//   while (!turn.done()) {
+//     ASSIGN_OR_RETURN(SequenceStep step, turn.Prepare());
+//     ... backend->Forward({step, ...}, &result) ...  // on error: turn.Abort()
+//     RETURN_IF_ERROR(turn.Complete(result.logits[i]));
+//   }
+//
+// Callbacks run inside Complete(). The referenced objects must outlive the
+// driver; the sequence must not be stepped by anyone else meanwhile.
+class TurnDriver {
+ public:
+  TurnDriver(Sequence& seq, const Tokenizer& tokenizer, Sampler& sampler,
+             const GeneratorOptions& options, const GeneratorCallbacks& callbacks);
+  TurnDriver(const TurnDriver&) = delete;
+  TurnDriver& operator=(const TurnDriver&) = delete;
+
+  // Accepts the prompt into the sampler's penalty window. INVALID_ARGUMENT when
+  // there is nothing to feed (empty prompt, no pending token).
+  absl::Status Start(absl::Span<const int32_t> prompt);
+
+  // The turn has ended (stats().stop says why); no more steps.
+  bool done() const { return phase_ == Phase::kDone; }
+  // Still feeding the prompt (or the previous turn's pending token).
+  bool prefilling() const { return phase_ == Phase::kPrefill; }
+
+  // Plans the next step on the sequence (see Sequence::Prepare).
+  // RESOURCE_EXHAUSTED when a `full` cache cannot take the prompt.
+  absl::StatusOr<SequenceStep> Prepare();
+  // Finishes the planned step with this turn's logits from Forward, then, once
+  // the prompt is in, samples the next token and emits its text; may end the
+  // turn. An error leaves the turn unusable (the sequence stays consistent).
+  absl::Status Complete(absl::Span<const float> logits);
+  // Drops the planned step (the forward pass failed).
+  void Abort();
+  // Ends the turn now with kCancelled: what was fed or sampled stays (the last
+  // sampled token pending), held-back text is flushed. No-op once done.
+  void Cancel();
+
+  const GenerationStats& stats() const { return stats_; }
+
+ private:
+  enum class Phase { kIdle, kPrefill, kDecode, kDone };
+
+  // Samples from the sequence's last logits; ends the turn or leaves a token
+  // pending for the next step.
+  absl::Status SampleNext();
+  void Finish(StopReason reason);
+  void Emit(const std::string& text);
+
+  Sequence& seq_;
+  const Tokenizer& tokenizer_;
+  Sampler& sampler_;
+  const GeneratorOptions& options_;
+  const GeneratorCallbacks& callbacks_;
+
+  Phase phase_ = Phase::kIdle;
+  std::vector<int32_t> prompt_;
+  size_t fed_ = 0;         // prompt tokens cached so far
+  int planned_taken_ = 0;  // prompt tokens in the planned step
+  bool planned_ = false;
+  int64_t evicted_before_ = 0;
+  std::chrono::steady_clock::time_point start_;
+  std::unique_ptr<StreamingDetokenizer> detokenizer_;
+  std::string stop_pending_;  // text held back as a possible stop-string prefix
+  GenerationStats stats_;
 };
 
 // Runs one turn on `seq`: feeds its pending tokens and `prompt` (which may be

@@ -1,6 +1,8 @@
 #include "engine/matmul.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -177,13 +179,147 @@ Activations Prepare(GgmlType type, const float* x, int64_t n, int64_t cols, cons
     }
   };
   const int threads = pool == nullptr ? 1 : pool->num_threads();
-  Split(pool, n * cols >= kParallelQuantizeValues ? threads : 1, n, 1, rows);
+  // Through one pointer, so that std::function needs no allocation.
+  Split(pool, n * cols >= kParallelQuantizeValues ? threads : 1, n, 1,
+        [&rows](int64_t begin, int64_t end) { rows(begin, end); });
   a.qs = qs;
   a.d = d;
   a.neg_sums = neg_sums;
   a.bsums = bsums;
   a.dsums = dsums;
   return a;
+}
+
+// Row chunks of a decode-sized product. Each worker owns a contiguous run of
+// chunks (so its reads stream) and claims them from the front; a worker that
+// runs out takes the others' chunks from the back, so a thread that started
+// late or runs slower (a busy machine, a sibling hyperthread) does not hold
+// everyone up at the barrier. Claims are single atomic compare-exchanges on
+// a per-worker (end << 32 | next) word.
+struct alignas(64) ChunkRun {
+  std::atomic<uint64_t> packed{0};
+};
+
+bool TakeFront(ChunkRun& run, uint32_t* chunk) {
+  uint64_t v = run.packed.load(std::memory_order_relaxed);
+  for (;;) {
+    const uint32_t next = static_cast<uint32_t>(v), end = static_cast<uint32_t>(v >> 32);
+    if (next >= end) return false;
+    if (run.packed.compare_exchange_weak(v, (uint64_t{end} << 32) | (next + 1),
+                                         std::memory_order_relaxed)) {
+      *chunk = next;
+      return true;
+    }
+  }
+}
+
+bool TakeBack(ChunkRun& run, uint32_t* chunk) {
+  uint64_t v = run.packed.load(std::memory_order_relaxed);
+  for (;;) {
+    const uint32_t next = static_cast<uint32_t>(v), end = static_cast<uint32_t>(v >> 32);
+    if (next >= end) return false;
+    if (run.packed.compare_exchange_weak(v, (uint64_t{end - 1} << 32) | next,
+                                         std::memory_order_relaxed)) {
+      *chunk = end - 1;
+      return true;
+    }
+  }
+}
+
+// Bytes of W per chunk at most: small enough to balance, large enough that
+// claiming (one atomic) and the prefetch ramp-up are noise.
+constexpr int64_t kMaxChunkBytes = 256 * 1024;
+// Chunks per worker at least, when the rows allow it.
+constexpr int64_t kChunksPerWorker = 8;
+
+// Per-caller chunk tables, reused so that steady-state steps allocate nothing.
+struct ChunkPlan {
+  std::vector<int32_t> output;  // (chunks) which product
+  std::vector<int64_t> row0;    // (chunks) first row
+  std::vector<int64_t> row1;    // (chunks) end row
+  std::unique_ptr<ChunkRun[]> runs;  // (workers)
+  int runs_size = 0;
+};
+
+// Runs the decode-sized products `outs` (same type and width, activations
+// `a`) on `threads` workers with chunk claiming as above.
+void RunChunked(GemmFn gemm, absl::Span<const MatMulOutput> outs, const Activations& a,
+                int threads, ThreadPool* pool) {
+  if (threads <= 1) {  // tiny products: no plan, no pool
+    for (const MatMulOutput& o : outs) gemm(*o.w, a, 0, o.w->rows, 0, a.n, o.y, o.w->rows);
+    return;
+  }
+  thread_local ChunkPlan plan;
+  int64_t total_rows = 0;
+  for (const MatMulOutput& o : outs) total_rows += o.w->rows;
+  const int64_t row_bytes = outs[0].w->row_bytes;
+  const int64_t max_rows =
+      std::max<int64_t>(kRowGrain, kMaxChunkBytes / std::max<int64_t>(row_bytes, 1) /
+                                       kRowGrain * kRowGrain);
+  const int64_t want = (total_rows + threads * kChunksPerWorker - 1) / (threads * kChunksPerWorker);
+  const int64_t chunk_rows =
+      std::clamp((want + kRowGrain - 1) / kRowGrain * kRowGrain, kRowGrain, max_rows);
+  plan.output.clear();
+  plan.row0.clear();
+  plan.row1.clear();
+  for (size_t i = 0; i < outs.size(); ++i) {
+    for (int64_t r = 0; r < outs[i].w->rows; r += chunk_rows) {
+      plan.output.push_back(static_cast<int32_t>(i));
+      plan.row0.push_back(r);
+      plan.row1.push_back(std::min(outs[i].w->rows, r + chunk_rows));
+    }
+  }
+  const int64_t chunks = plan.output.size();
+  threads = static_cast<int>(std::min<int64_t>(threads, chunks));
+  if (threads > 1 && plan.runs_size < threads) {
+    plan.runs.reset(new ChunkRun[threads]);
+    plan.runs_size = threads;
+  }
+  // One pointer captured, so that std::function needs no allocation.
+  const struct Job {
+    GemmFn gemm;
+    absl::Span<const MatMulOutput> outs;
+    const Activations& a;
+    const ChunkPlan& plan;
+    int threads;
+    void Run(uint32_t c) const {
+      const MatMulOutput& o = outs[plan.output[c]];
+      gemm(*o.w, a, plan.row0[c], plan.row1[c], 0, a.n, o.y, o.w->rows);
+    }
+  } job{gemm, outs, a, plan, threads};
+  if (threads <= 1) {
+    for (int64_t c = 0; c < chunks; ++c) job.Run(static_cast<uint32_t>(c));
+    return;
+  }
+  for (int t = 0; t < threads; ++t) {
+    const uint64_t begin = chunks * t / threads, end = chunks * (t + 1) / threads;
+    plan.runs[t].packed.store(end << 32 | begin, std::memory_order_relaxed);
+  }
+  // One item per worker; the pool's barrier publishes every output.
+  pool->ParallelFor(threads, 1, [&job](int64_t begin, int64_t end) {
+    ChunkRun* runs = job.plan.runs.get();
+    for (int64_t t = begin; t < end; ++t) {
+      uint32_t c;
+      while (TakeFront(runs[t], &c)) job.Run(c);
+      for (int k = 1; k < job.threads; ++k) {
+        ChunkRun& other = runs[(t + k) % job.threads];
+        while (TakeBack(other, &c)) job.Run(c);
+      }
+    }
+  });
+}
+
+// Threads worth waking for `ns` of estimated work.
+int ThreadsFor(double ns, ThreadPool* pool) {
+  const int max_threads = pool == nullptr ? 1 : pool->num_threads();
+  if (g_min_ns_per_thread <= 0) return max_threads;
+  return static_cast<int>(
+      std::clamp(ns / g_min_ns_per_thread, 1.0, static_cast<double>(max_threads)));
+}
+
+double EstimatedNs(const WeightMatrix& w, int64_t n) {
+  return static_cast<double>(w.rows) * w.row_bytes / kBytesPerNs +
+         static_cast<double>(w.rows) * w.cols * n / kMacsPerNs;
 }
 
 }  // namespace
@@ -238,48 +374,66 @@ absl::StatusOr<WeightMatrix> WeightMatrix::FromTensor(const GgufTensorInfo& tens
 }
 
 void MatMul(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool* pool) {
-  if (n <= 0 || w.rows <= 0) return;
+  const MatMulOutput out{&w, y};
+  MatMulFused({&out, 1}, x, n, pool);
+}
+
+void MatMulFused(absl::Span<const MatMulOutput> outs, const float* x, int64_t n,
+                 ThreadPool* pool) {
+  if (n <= 0 || outs.empty()) return;
   const KernelSet& k = matmul_internal::ActiveKernels();
-  const GemmFn gemm = w.type == nullptr ? nullptr : GemmFor(k, w.type->type);
-  if (gemm == nullptr || w.cols <= 0) {
+  const WeightMatrix& w0 = *outs[0].w;
+  bool same = true;
+  for (const MatMulOutput& o : outs) {
+    same = same && o.w->type == w0.type && o.w->cols == w0.cols;
+  }
+  if (!same) {
+    for (const MatMulOutput& o : outs) MatMulFused({&o, 1}, x, n, pool);
+    return;
+  }
+  const GemmFn gemm = w0.type == nullptr ? nullptr : GemmFor(k, w0.type->type);
+  if (gemm == nullptr || w0.cols <= 0) {
     // Not reachable through FromTensor; make misuse visible, not fatal.
-    const float fill = w.cols == 0 ? 0.0f : std::numeric_limits<float>::quiet_NaN();
-    std::fill(y, y + n * w.rows, fill);
+    const float fill = w0.cols == 0 ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+    for (const MatMulOutput& o : outs) std::fill(o.y, o.y + n * o.w->rows, fill);
     return;
   }
   thread_local Scratch scratch;
-  const Activations a = Prepare(w.type->type, x, n, w.cols, k, scratch, pool);
+  const Activations a = Prepare(w0.type->type, x, n, w0.cols, k, scratch, pool);
 
-  // Threads: enough that each has kMinNsPerThread of work.
-  const double ns = static_cast<double>(w.rows) * w.row_bytes / kBytesPerNs +
-                    static_cast<double>(w.rows) * w.cols * n / kMacsPerNs;
-  const int max_threads = pool == nullptr ? 1 : pool->num_threads();
-  const int threads =
-      g_min_ns_per_thread <= 0
-          ? max_threads
-          : static_cast<int>(std::clamp(ns / g_min_ns_per_thread, 1.0,
-                                        static_cast<double>(max_threads)));
-
-  // Split output rows (each thread streams its own part of W once and meets
-  // every token tile) unless there are too few rows to go round, as for a
-  // small matrix over a long prompt; then split tokens.
-  const int64_t row_tiles = (w.rows + kRowGrain - 1) / kRowGrain;
-  // One pointer captured, so that std::function needs no allocation.
-  const struct {
-    GemmFn gemm;
-    const WeightMatrix& w;
-    const Activations& a;
-    int64_t n;
-    float* y;
-  } job{gemm, w, a, n, y};
-  if (row_tiles >= 2 * threads || n <= k.tile_tokens) {
-    Split(pool, threads, w.rows, kRowGrain, [&job](int64_t begin, int64_t end) {
-      job.gemm(job.w, job.a, begin, end, 0, job.n, job.y, job.w.rows);
-    });
-  } else {
-    Split(pool, threads, n, k.tile_tokens, [&job](int64_t begin, int64_t end) {
-      job.gemm(job.w, job.a, 0, job.w.rows, begin, end, job.y, job.w.rows);
-    });
+  // Decode-sized batches (one token tile): every thread streams its own
+  // chunks of rows of all the matrices, W read once.
+  if (n <= k.tile_tokens) {
+    double ns = 0;
+    for (const MatMulOutput& o : outs) ns += EstimatedNs(*o.w, n);
+    RunChunked(gemm, outs, a, ThreadsFor(ns, pool), pool);
+    return;
+  }
+  for (const MatMulOutput& o : outs) {
+    const WeightMatrix& w = *o.w;
+    if (w.rows <= 0) continue;
+    const int threads = ThreadsFor(EstimatedNs(w, n), pool);
+    // Split output rows (each thread streams its own part of W once and meets
+    // every token tile) unless there are too few rows to go round, as for a
+    // small matrix over a long prompt; then split tokens.
+    const int64_t row_tiles = (w.rows + kRowGrain - 1) / kRowGrain;
+    // One pointer captured, so that std::function needs no allocation.
+    const struct {
+      GemmFn gemm;
+      const WeightMatrix& w;
+      const Activations& a;
+      int64_t n;
+      float* y;
+    } job{gemm, w, a, n, o.y};
+    if (row_tiles >= 2 * threads) {
+      Split(pool, threads, w.rows, kRowGrain, [&job](int64_t begin, int64_t end) {
+        job.gemm(job.w, job.a, begin, end, 0, job.n, job.y, job.w.rows);
+      });
+    } else {
+      Split(pool, threads, n, k.tile_tokens, [&job](int64_t begin, int64_t end) {
+        job.gemm(job.w, job.a, 0, job.w.rows, begin, end, job.y, job.w.rows);
+      });
+    }
   }
 }
 

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "engine/ggml_types.h"
 #include "engine/gguf.h"
 #include "engine/thread_pool.h"
@@ -39,9 +40,25 @@ struct WeightMatrix {
 bool IsSupportedWeightType(GgmlType type);
 
 // y (n, w.rows) = x (n, w.cols) @ W^T. Split over output rows for n small
-// (decode: memory-bound, each thread streams its own rows of W) and over rows
-// x token tiles for large n (prefill: W rows reused across tokens from cache).
+// (decode: memory-bound, each thread streams its own rows of W, in chunks it
+// claims itself, taking over a slower thread's last chunks so that all finish
+// together) and over rows x token tiles for large n (prefill: W rows reused
+// across tokens from cache).
 void MatMul(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool* pool);
+
+// One product of a fused MatMul: y (n, w->rows) = x (n, w->cols) @ W^T.
+struct MatMulOutput {
+  const WeightMatrix* w = nullptr;
+  float* y = nullptr;
+};
+
+// Several products of the same activations (Q/K/V, gate/up), each output
+// bit-identical to its own MatMul, but in one pass: the activations are
+// quantized once and, for decode-sized n, one thread team covers the rows of
+// all the matrices, so a step waits at one barrier instead of one per matrix.
+// Matrices of different types or widths are simply done one by one.
+void MatMulFused(absl::Span<const MatMulOutput> outs, const float* x, int64_t n,
+                 ThreadPool* pool);
 
 // Row `row` of W as floats (embedding lookup). out: (w.cols).
 void DequantizeRow(const WeightMatrix& w, int64_t row, float* out);

@@ -287,6 +287,47 @@ TEST_F(MatMulTest, NullPoolAndEmptyInputs) {
   EXPECT_NE(y[0], 7.0f);
 }
 
+// Fused products (Q/K/V, gate/up) give each output the bits of its own
+// MatMul, for any thread count (the chunk claiming must neither skip nor
+// repeat a row), and fall back to one by one for mixed types or widths.
+TEST_F(MatMulTest, FusedEqualsSeparateBitForBit) {
+  ThreadPool one(1), two(2), five(5);
+  for (GgmlType type : kTypes) {
+    const int64_t cols = IsKQuant(type) ? 512 : 96;
+    const TestWeights a = MakeWeights(type, 200, cols, 21);
+    const TestWeights b = MakeWeights(type, 37, cols, 22);
+    const TestWeights c = MakeWeights(type, 64, cols, 23);
+    const TestWeights other = MakeWeights(IsKQuant(type) ? GgmlType::kQ8_0 : GgmlType::kQ4_K,
+                                          17, IsKQuant(type) ? cols : 256, 24);
+    for (int64_t n : {1, 3, 40}) {
+      const std::vector<float> x = Random(n * cols, 25);
+      std::vector<float> ya(n * 200), yb(n * 37), yc(n * 64);
+      MatMul(a.w, x.data(), n, ya.data(), &one);
+      MatMul(b.w, x.data(), n, yb.data(), &one);
+      MatMul(c.w, x.data(), n, yc.data(), &one);
+      for (ThreadPool* pool : {&one, &two, &five}) {
+        SCOPED_TRACE(testing::Message() << "type " << static_cast<int>(type) << " n " << n
+                                        << " threads " << pool->num_threads());
+        std::vector<float> fa(ya.size(), -1), fb(yb.size(), -1), fc(yc.size(), -1);
+        const MatMulOutput outs[] = {{&a.w, fa.data()}, {&b.w, fb.data()}, {&c.w, fc.data()}};
+        MatMulFused(outs, x.data(), n, pool);
+        EXPECT_EQ(std::memcmp(fa.data(), ya.data(), ya.size() * sizeof(float)), 0);
+        EXPECT_EQ(std::memcmp(fb.data(), yb.data(), yb.size() * sizeof(float)), 0);
+        EXPECT_EQ(std::memcmp(fc.data(), yc.data(), yc.size() * sizeof(float)), 0);
+        if (other.w.cols == cols) {  // a different type, same width
+          std::vector<float> yo(n * 17), fo(n * 17, -1);
+          MatMul(other.w, x.data(), n, yo.data(), &one);
+          std::fill(fa.begin(), fa.end(), -1.f);
+          const MatMulOutput mixed[] = {{&a.w, fa.data()}, {&other.w, fo.data()}};
+          MatMulFused(mixed, x.data(), n, pool);
+          EXPECT_EQ(std::memcmp(fa.data(), ya.data(), ya.size() * sizeof(float)), 0);
+          EXPECT_EQ(std::memcmp(fo.data(), yo.data(), yo.size() * sizeof(float)), 0);
+        }
+      }
+    }
+  }
+}
+
 TEST(WeightMatrixTest, FromTensorChecksTypeAndShape) {
   std::vector<uint8_t> data(4096);
   GgufTensorInfo info;

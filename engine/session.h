@@ -71,6 +71,11 @@ class Session {
   Sampler& sampler() { return *sampler_; }
   int64_t rounds() const { return rounds_; }
   int64_t turns() const { return turns_; }
+  // Length of the history the service keeps with the session, in its own
+  // units (e.g. messages); stored, never interpreted. Setting it marks the
+  // session dirty.
+  int64_t history_length() const { return history_length_; }
+  void set_history_length(int64_t n);
   absl::Time created_at() const { return created_at_; }
   absl::Time updated_at() const { return updated_at_; }
   // Changed since the last checkpoint (or never checkpointed).
@@ -114,6 +119,7 @@ class Session {
   std::unique_ptr<Sampler> sampler_;
   int64_t rounds_ = 0;
   int64_t turns_ = 0;
+  int64_t history_length_ = 0;
   absl::Time created_at_;
   absl::Time updated_at_;
   bool dirty_ = true;

@@ -5,7 +5,6 @@
 // special tokens in llama-spm and phi-3, and speed.
 #include <algorithm>
 #include <cctype>
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -285,21 +284,14 @@ TEST(Phi3, UserDefinedTokenIsMatchedWithoutParseSpecial) {
             Concat({*tok.Encode("Hi", {}), {32007}}));
 }
 
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-      .count();
-}
-
-TEST(LlamaSpm, MegabyteEncodesInWellUnderASecond) {
+// A megabyte of pseudo-random words and one unbroken megabyte word (the worst
+// case: a million-entry merge heap) round-trip. Their speed is measured by
+// tests/bench/tokenizer_bench.cc, not asserted here.
+TEST(LlamaSpm, MegabyteInputsRoundTrip) {
   auto file = OpenShared("tokenizer-vectors/ggml-vocab-llama-spm.gguf");
   if (file == nullptr) GTEST_SKIP() << "no shared llama-spm vocab";
   auto tok = Tokenizer::FromGguf(*file);
   ASSERT_TRUE(tok.ok()) << tok.status();
-#ifdef NDEBUG
-  constexpr double kLimit = 1.0;
-#else
-  constexpr double kLimit = 20.0;  // unoptimised builds: only catch blowups
-#endif
   // Pseudo-random words, so few repeat, with some multi-byte characters.
   std::string words;
   uint32_t x = 12345;
@@ -318,19 +310,12 @@ TEST(LlamaSpm, MegabyteEncodesInWellUnderASecond) {
     }
     words.push_back((next() >> 24) < 16 ? '\n' : ' ');
   }
-  auto start = std::chrono::steady_clock::now();
   const auto ids = (*tok)->Encode(words, {});
-  EXPECT_LT(SecondsSince(start), kLimit);
   ASSERT_TRUE(ids.ok()) << ids.status();
   EXPECT_EQ((*tok)->Decode(*ids), words);
 
-  // One unbroken 1 MB word is the worst case: a million-entry merge heap
-  // (about 0.4 s on a loaded 2-core box, against 0.15 s for the words above),
-  // so it gets twice the limit; this catches quadratic behaviour, not noise.
   const std::string run(1 << 20, 'a');
-  start = std::chrono::steady_clock::now();
   const auto run_ids = (*tok)->Encode(run, {});
-  EXPECT_LT(SecondsSince(start), 2 * kLimit);
   ASSERT_TRUE(run_ids.ok()) << run_ids.status();
   EXPECT_EQ((*tok)->Decode(*run_ids), run);
 }

@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <limits>
 
+#include "engine/fp16.h"
+
 // Highway re-includes this file once per instruction set (foreach_target.h);
 // everything between HWY_BEFORE_NAMESPACE and HWY_AFTER_NAMESPACE is compiled
 // for each, and the HWY_ONCE section dispatches to the best one at run time.
@@ -175,6 +177,53 @@ void SiluMulImpl(float* gate, const float* up, int64_t n) {
   }
 }
 
+// F16 bits -> float, exact for every number (subnormals, inf); NaN stays NaN.
+void HalfToFloatRowImpl(const uint16_t* in, float* out, int64_t n) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  int64_t i = 0;
+#if HWY_TARGET <= HWY_AVX2
+  // F16C converts exactly in hardware.
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  const auto* h = reinterpret_cast<const hwy::float16_t*>(in);
+  for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, h + i)), d, out + i);
+#else
+  // Highway's emulation here maps inf/NaN to finite values; instead place the
+  // exponent and mantissa in float position and rescale by 2^112, which is
+  // exact for normals and subnormals alike, then patch exponent 31.
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<uint16_t, DF> du16;
+  const auto magic = hn::Set(d, 5.192296858534828e33f);  // 2^112
+  for (; i + N <= n; i += N) {
+    const auto bits = hn::PromoteTo(du, hn::LoadU(du16, in + i));
+    const auto em = hn::ShiftLeft<13>(hn::And(bits, hn::Set(du, 0x7fffu)));
+    const auto sign = hn::ShiftLeft<16>(hn::And(bits, hn::Set(du, 0x8000u)));
+    auto mag = hn::BitCast(du, hn::Mul(hn::BitCast(d, em), magic));
+    // Exponent 31; a signed compare (no unsigned one on SSE4), em < 2^28.
+    const auto inf_nan = hn::Gt(hn::BitCast(di, em), hn::Set(di, 0x0f7fffff));
+    mag = hn::IfThenElse(hn::RebindMask(du, inf_nan),
+                         hn::Or(em, hn::Set(du, 0x70000000u)), mag);
+    hn::StoreU(hn::BitCast(d, hn::Or(mag, sign)), d, out + i);
+  }
+#endif
+  for (; i < n; ++i) out[i] = HalfToFloat(in[i]);
+}
+
+// BF16 bits -> float: the upper half of the float's bits, so exact.
+void Bf16ToFloatRowImpl(const uint16_t* in, float* out, int64_t n) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const hn::RebindToUnsigned<DF> du;
+  const hn::Rebind<uint16_t, DF> du16;
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto bits = hn::PromoteTo(du, hn::LoadU(du16, in + i));
+    hn::StoreU(hn::BitCast(d, hn::ShiftLeft<16>(bits)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = Bf16ToFloat(in[i]);
+}
+
 int64_t TargetImpl() { return HWY_TARGET; }
 
 }  // namespace HWY_NAMESPACE
@@ -194,6 +243,8 @@ HWY_EXPORT(MaxValueImpl);
 HWY_EXPORT(SoftmaxImpl);
 HWY_EXPORT(LogSumExpImpl);
 HWY_EXPORT(SiluMulImpl);
+HWY_EXPORT(HalfToFloatRowImpl);
+HWY_EXPORT(Bf16ToFloatRowImpl);
 HWY_EXPORT(TargetImpl);
 
 float Dot(const float* a, const float* b, int64_t n) {
@@ -219,6 +270,12 @@ float LogSumExp(const float* x, int64_t n) {
 }
 void SiluMul(float* gate, const float* up, int64_t n) {
   HWY_DYNAMIC_DISPATCH(SiluMulImpl)(gate, up, n);
+}
+void HalfToFloatRow(const uint16_t* in, float* out, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(HalfToFloatRowImpl)(in, out, n);
+}
+void Bf16ToFloatRow(const uint16_t* in, float* out, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(Bf16ToFloatRowImpl)(in, out, n);
 }
 const char* VecOpsTarget() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(TargetImpl)()); }
 

@@ -46,6 +46,11 @@ float LogSumExp(const float* x, int64_t n);
 // activation. gate, up: (n); gate may alias up.
 void SiluMul(float* gate, const float* up, int64_t n);
 
+// out = in widened to float, exactly (as HalfToFloat / Bf16ToFloat in
+// fp16.h; F16 NaNs stay NaN but may come out quieted). in: (n) F16 or BF16 bits; out: (n).
+void HalfToFloatRow(const uint16_t* in, float* out, int64_t n);
+void Bf16ToFloatRow(const uint16_t* in, float* out, int64_t n);
+
 // Name of the instruction set the calls above dispatch to ("AVX3", "AVX2",
 // ...), for logs and benchmarks.
 const char* VecOpsTarget();

@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "engine/fp16.h"
 #include "gtest/gtest.h"
 
 namespace sinkserve::engine {
@@ -156,6 +157,32 @@ TEST(VecOpsTest, SiluMulMatchesScalarIncludingExtremes) {
       const double want = gd / (1.0 + std::exp(-gd)) * up[i];
       EXPECT_NEAR(out[i], want, 1e-5 * std::fabs(want) + 1e-30) << "g=" << g[i];
       EXPECT_FALSE(std::isnan(out[i]));
+    }
+  }
+}
+
+// Every one of the 65536 bit patterns (subnormals, inf, NaN), at offsets that
+// put each in a vector body and in a scalar tail.
+TEST(VecOpsTest, HalfAndBf16RowsWidenExactly) {
+  std::vector<uint16_t> bits(65536 + 5);
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = static_cast<uint16_t>(i);
+  std::vector<float> out(bits.size());
+  for (int64_t offset : {0, 3}) {
+    const int64_t n = 65536 + 2 - offset;
+    HalfToFloatRow(bits.data() + offset, out.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float want = HalfToFloat(bits[offset + i]);
+      if (std::isnan(want)) {  // F16C quiets signalling NaNs; NaN is enough
+        ASSERT_TRUE(std::isnan(out[i])) << "f16 bits " << bits[offset + i];
+        continue;
+      }
+      ASSERT_EQ(FloatBits(out[i]), FloatBits(HalfToFloat(bits[offset + i])))
+          << "f16 bits " << bits[offset + i];
+    }
+    Bf16ToFloatRow(bits.data() + offset, out.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(FloatBits(out[i]), FloatBits(Bf16ToFloat(bits[offset + i])))
+          << "bf16 bits " << bits[offset + i];
     }
   }
 }

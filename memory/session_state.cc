@@ -37,6 +37,34 @@ bool SameCells(const std::vector<Cell>& a, const std::vector<Cell>& b) {
          std::equal(a.begin(), a.end(), b.begin(), SameCell);
 }
 
+bool SamePending(const std::vector<PendingToken>& a,
+                 const std::vector<PendingToken>& b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(),
+                    [](const PendingToken& x, const PendingToken& y) {
+                      return x.token == y.token &&
+                             Bits(x.score) == Bits(y.score);
+                    });
+}
+
+absl::Status ValidatePending(std::string_view id,
+                             const std::vector<PendingToken>& pending) {
+  if (pending.size() > kMaxPendingTokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session ", Sv(id), ": ", pending.size(),
+                     " pending tokens exceed ", kMaxPendingTokens));
+  }
+  for (size_t i = 0; i < pending.size(); ++i) {
+    if (pending[i].token < 0 || std::isnan(pending[i].score)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "session ", Sv(id), ": pending token ", i, " has id ",
+          pending[i].token, " and score ", pending[i].score,
+          "; need an id >= 0 and a score that is not NaN"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Cells must form a state KvCache::Restore accepts.
 absl::Status ValidateCells(const SessionState& s) {
   const std::vector<Cell>& cells = s.cache.cells;
@@ -162,6 +190,7 @@ absl::Status SessionState::ValidateMetadata() const {
         absl::StrCat("session ", Sv(id), ": capacity ", capacity,
                      " not in [1, ", kMaxCapacity, "]"));
   }
+  SINKSERVE_RETURN_IF_ERROR(ValidatePending(id, pending));
   return ValidateCells(*this);
 }
 
@@ -174,7 +203,8 @@ bool operator==(const SessionState& a, const SessionState& b) {
          a.capacity == b.capacity && SameCells(a.cache.cells, b.cache.cells) &&
          a.cache.tokens_seen == b.cache.tokens_seen &&
          a.cache.evicted_total == b.cache.evicted_total &&
-         a.kv_shape == b.kv_shape && a.kv == b.kv && a.rounds == b.rounds &&
+         a.kv_shape == b.kv_shape && a.kv == b.kv &&
+         SamePending(a.pending, b.pending) && a.rounds == b.rounds &&
          a.turns == b.turns && a.history_length == b.history_length &&
          a.sampler_config == b.sampler_config && a.rng_state == b.rng_state &&
          a.created_at == b.created_at && a.updated_at == b.updated_at;
@@ -195,7 +225,9 @@ bool operator==(const SessionDelta& a, const SessionDelta& b) {
          a.evicted_total == b.evicted_total && a.rounds == b.rounds &&
          a.turns == b.turns && a.history_length == b.history_length &&
          a.updated_at == b.updated_at && a.sampler_config == b.sampler_config &&
-         a.rng_state == b.rng_state;
+         a.rng_state == b.rng_state &&
+         a.pending.has_value() == b.pending.has_value() &&
+         (!a.pending || SamePending(*a.pending, *b.pending));
 }
 
 absl::StatusOr<SessionDelta> DiffMetadata(const SessionState& prev,
@@ -238,6 +270,7 @@ absl::StatusOr<SessionDelta> DiffMetadata(const SessionState& prev,
     delta.sampler_config = next.sampler_config;
   }
   if (next.rng_state != prev.rng_state) delta.rng_state = next.rng_state;
+  if (!SamePending(next.pending, prev.pending)) delta.pending = next.pending;
   return delta;
 }
 
@@ -424,6 +457,9 @@ absl::Status StateReplayer::Apply(const SessionDelta& delta, std::string kv) {
   next.cache.tokens_seen = delta.tokens_seen;
   next.cache.evicted_total = delta.evicted_total;
   SINKSERVE_RETURN_IF_ERROR(ValidateCells(next));
+  if (delta.pending) {
+    SINKSERVE_RETURN_IF_ERROR(ValidatePending(state_.id, *delta.pending));
+  }
 
   state_.cache = std::move(next.cache);
   sources_ = std::move(sources);
@@ -433,6 +469,7 @@ absl::Status StateReplayer::Apply(const SessionDelta& delta, std::string kv) {
   state_.updated_at = delta.updated_at;
   if (delta.sampler_config) state_.sampler_config = *delta.sampler_config;
   if (delta.rng_state) state_.rng_state = *delta.rng_state;
+  if (delta.pending) state_.pending = *delta.pending;
   buffers_.push_back(with_kv_ ? std::move(kv) : std::string());
   buffer_rows_.push_back(kv_rows);
   return absl::OkStatus();

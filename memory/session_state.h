@@ -69,6 +69,19 @@ struct KvShape {
   }
 };
 
+// A generated token that is not in the cache yet (engine::PendingToken): it
+// was sampled at the end of a turn and the next turn feeds it first, so it is
+// part of the conversation and of every snapshot.
+struct PendingToken {
+  // Default: 0.
+  int32_t token = 0;
+  // Its surprisal, known at sampling time (0 when the policy keeps none).
+  // Default: 0.
+  float score = 0.0f;
+};
+// Most pending tokens a state may hold; a live session has 0 or 1.
+inline constexpr size_t kMaxPendingTokens = 1 << 16;
+
 struct SessionState {
   SessionState() = default;
   SessionState(SessionState&&) = default;
@@ -95,6 +108,9 @@ struct SessionState {
   // (layer, {K, V}, cell, kv_dim) in kv_shape.dtype: exactly what
   // KvStorage::ExportSlots(cache's context slots) returns. Default: "".
   std::string kv;
+  // Generated tokens not cached yet, oldest first (format version 2; states
+  // of version 1 have none). Default: none.
+  std::vector<PendingToken> pending;
   // Rounds (one user turn + one reply) completed; drives SirLLM's decay.
   // Default: 0.
   int64_t rounds = 0;
@@ -113,7 +129,8 @@ struct SessionState {
   // INVALID_ARGUMENT naming the first bad field: the id, an empty fingerprint,
   // the policy, the shape, cells that KvCache::Restore would reject (arrivals
   // not strictly increasing or >= tokens_seen, slots repeated or outside
-  // [0, capacity), NaN scores), or kv of the wrong size.
+  // [0, capacity), NaN scores), bad pending tokens (negative id, NaN score,
+  // more than kMaxPendingTokens), or kv of the wrong size.
   absl::Status Validate() const;
   // Validate without the kv size check, for states read without their rows.
   absl::Status ValidateMetadata() const;
@@ -163,6 +180,8 @@ struct SessionDelta {
   // Set when they changed.
   std::optional<std::string> sampler_config;
   std::optional<std::string> rng_state;
+  // The new pending tokens, set when they changed (unset: keep them).
+  std::optional<std::vector<PendingToken>> pending;
 
   // Slots of `rewritten` then `added`: the rows `kv` must hold.
   std::vector<int32_t> KvSlots() const;

@@ -1,5 +1,6 @@
 #include "memory/session_state.h"
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -148,6 +149,14 @@ TEST(SessionStateTest, BadDeltasAreRefusedAndLeaveTheStateAlone) {
        [](SessionDelta* d) { d->evicted.push_back(d->evicted.back()); }},
       {"goes backwards", [](SessionDelta* d) { d->tokens_seen = 0; }},
       {"slot", [](SessionDelta* d) { d->added.back().slot = -1; }},
+      {"pending token",
+       [](SessionDelta* d) {
+         d->pending = std::vector<PendingToken>{{-1, 0.0f}};
+       }},
+      {"pending token",
+       [](SessionDelta* d) {
+         d->pending = std::vector<PendingToken>{{3, std::nanf("")}};
+       }},
   };
   for (const Case& c : cases) {
     SessionDelta bad = good->Copy();
@@ -158,6 +167,34 @@ TEST(SessionStateTest, BadDeltasAreRefusedAndLeaveTheStateAlone) {
     EXPECT_THAT(std::string(st.message()), HasSubstr(c.want));
     EXPECT_EQ(Difference(s, prev), "") << c.want;
   }
+}
+
+TEST(SessionStateTest, PendingTokensTravelInDeltas) {
+  store_testing::SimOptions o;
+  // Step 2 has a pending token, step 3 none, step 4 one again.
+  SessionState s2 = store_testing::SimStateAt("p", o, 2);
+  SessionState s3 = store_testing::SimStateAt("p", o, 3);
+  SessionState s4 = store_testing::SimStateAt("p", o, 4);
+  ASSERT_EQ(s2.pending.size(), 1u);
+  ASSERT_TRUE(s3.pending.empty());
+  absl::StatusOr<SessionDelta> d23 = Diff(s2, s3);
+  absl::StatusOr<SessionDelta> d34 = Diff(s3, s4);
+  ASSERT_TRUE(d23.ok() && d34.ok());
+  ASSERT_TRUE(d23->pending.has_value());
+  EXPECT_TRUE(d23->pending->empty());
+  SessionState s = s2.Copy();
+  ASSERT_TRUE(ApplyDelta(*d23, &s).ok());
+  EXPECT_TRUE(s == s3);
+  ASSERT_TRUE(ApplyDelta(*d34, &s).ok());
+  EXPECT_TRUE(s == s4);
+  // Unchanged pending tokens are not repeated in a delta.
+  absl::StatusOr<SessionDelta> same = DiffMetadata(s4, s4);
+  ASSERT_TRUE(same.ok());
+  EXPECT_FALSE(same->pending.has_value());
+  SessionState bad = s4.Copy();
+  bad.pending.push_back({7, std::nanf("")});
+  EXPECT_THAT(std::string(bad.Validate().message()),
+              HasSubstr("pending token 1"));
 }
 
 TEST(SessionStateTest, DiffRefusesAnotherSession) {

@@ -103,6 +103,10 @@ SessionState RandomState(std::mt19937_64& rng, const std::string& id,
   s.created_at = absl::FromUnixNanos(1700000000123456789 +
                                      static_cast<int64_t>(rng() % 1000000));
   s.updated_at = s.created_at + absl::Nanoseconds(rng() % 1000000000000);
+  for (int i = static_cast<int>(rng() % 3); i > 0; --i) {
+    s.pending.push_back({static_cast<int32_t>(rng() % 50000),
+                         static_cast<float>(rng() % 1000) / 7.0f});
+  }
   return s;
 }
 
@@ -148,6 +152,12 @@ SessionState SimStepMetadata(const SessionState& prev, const SimOptions& o,
   s.history_length += n;
   s.updated_at = s.created_at + absl::Seconds(step);
   s.rng_state = absl::StrCat("rng@", step);
+  // The turn's last sampled token, not cached yet; none every third step.
+  s.pending.clear();
+  if (step % 3 != 0) {
+    s.pending.push_back({static_cast<int32_t>(step % 500),
+                         static_cast<float>(step) * 0.25f});
+  }
   if (step % 10 == 0)
     s.sampler_config = absl::StrCat("temperature=0.", step % 9);
   return s;
@@ -197,6 +207,7 @@ std::string Difference(const SessionState& a, const SessionState& b) {
         field("history_length", a.history_length, b.history_length),
         field("sampler_config", a.sampler_config, b.sampler_config),
         field("rng_state", a.rng_state, b.rng_state),
+        field("pending tokens", a.pending.size(), b.pending.size()),
         field("created_at", absl::FormatTime(a.created_at),
               absl::FormatTime(b.created_at)),
         field("updated_at", absl::FormatTime(a.updated_at),

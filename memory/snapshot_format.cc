@@ -18,6 +18,9 @@ constexpr size_t kCellBytes = 20;
 // Bit flags of a delta: which optional fields follow.
 constexpr uint8_t kHasSampler = 1;
 constexpr uint8_t kHasRng = 2;
+constexpr uint8_t kHasPending = 4;  // version 2
+// Bytes of one encoded pending token: token i32, score f32 bits.
+constexpr size_t kPendingBytes = 8;
 
 void PutU8(std::string* out, uint8_t v) {
   out->push_back(static_cast<char>(v));
@@ -64,6 +67,14 @@ void PutCells(std::string* out, const std::vector<Cell>& cells) {
     PutF32(out, c.score);
     PutI64(out, c.arrival);
     PutI32(out, c.slot);
+  }
+}
+
+void PutPending(std::string* out, const std::vector<PendingToken>& pending) {
+  PutU32(out, static_cast<uint32_t>(pending.size()));
+  for (const PendingToken& p : pending) {
+    PutI32(out, p.token);
+    PutF32(out, p.score);
   }
 }
 
@@ -143,6 +154,18 @@ class Reader {
       c.slot = I32(field);
     }
     return cells;
+  }
+  std::vector<PendingToken> Pending(const char* field) {
+    const uint32_t n = U32(field);
+    std::vector<PendingToken> v;
+    if (Take(size_t{n} * kPendingBytes, field) == nullptr) return v;
+    pos_ -= size_t{n} * kPendingBytes;
+    v.resize(n);
+    for (PendingToken& p : v) {
+      p.token = I32(field);
+      p.score = F32(field);
+    }
+    return v;
   }
   std::vector<int64_t> Arrivals(const char* field) {
     const uint32_t n = U32(field);
@@ -316,7 +339,7 @@ absl::StatusOr<Frame> DecodeFrame(std::string_view value, RecordType want) {
         "expected a ", Sv(RecordTypeName(want)), " record, found a ",
         Sv(RecordTypeName(f.type)), " record"));
   }
-  return Frame{f.type, payload};
+  return Frame{f.type, payload, f.version};
 }
 
 uint32_t KvChunkCount(uint64_t kv_bytes, uint64_t chunk_bytes) {
@@ -343,6 +366,7 @@ std::string EncodeFullState(const SessionState& s, uint64_t seq,
   PutTime(&p, s.updated_at);
   PutBytes(&p, s.sampler_config);
   PutBytes(&p, s.rng_state);
+  PutPending(&p, s.pending);
   PutCells(&p, s.cache.cells);
   PutU64(&p, s.kv.size());
   PutU32(&p, kv_chunks);
@@ -370,6 +394,7 @@ absl::StatusOr<FullStateRecord> DecodeFullState(std::string_view value) {
   s.updated_at = r.Time("updated at");
   s.sampler_config = r.Bytes("sampler config");
   s.rng_state = r.Bytes("rng state");
+  if (frame.version >= 2) s.pending = r.Pending("pending tokens");
   s.cache.cells = r.Cells("cells");
   rec.info.kv_bytes = r.U64("kv bytes");
   rec.info.kv_chunks = r.U32("kv chunks");
@@ -392,11 +417,13 @@ std::string EncodeDelta(std::string_view id, uint64_t seq,
   PutI64(&p, d.turns);
   PutI64(&p, d.history_length);
   PutTime(&p, d.updated_at);
-  const uint8_t flags =
-      (d.sampler_config ? kHasSampler : 0) | (d.rng_state ? kHasRng : 0);
+  const uint8_t flags = (d.sampler_config ? kHasSampler : 0) |
+                        (d.rng_state ? kHasRng : 0) |
+                        (d.pending ? kHasPending : 0);
   PutU8(&p, flags);
   if (d.sampler_config) PutBytes(&p, *d.sampler_config);
   if (d.rng_state) PutBytes(&p, *d.rng_state);
+  if (d.pending) PutPending(&p, *d.pending);
   PutU32(&p, static_cast<uint32_t>(d.evicted.size()));
   for (int64_t a : d.evicted) PutI64(&p, a);
   PutCells(&p, d.updated);
@@ -424,6 +451,11 @@ absl::StatusOr<DeltaRecord> DecodeDelta(std::string_view value) {
   const uint8_t flags = r.U8("flags");
   if (flags & kHasSampler) d.sampler_config = r.Bytes("sampler config");
   if (flags & kHasRng) d.rng_state = r.Bytes("rng state");
+  // Version 1 had no pending bit: there it is an unknown flag (below).
+  const uint8_t known =
+      kHasSampler | kHasRng | (frame.version >= 2 ? kHasPending : 0);
+  if ((flags & known & kHasPending) != 0)
+    d.pending = r.Pending("pending tokens");
   d.evicted = r.Arrivals("evicted");
   d.updated = r.Cells("updated");
   d.rewritten = r.Cells("rewritten");
@@ -431,7 +463,7 @@ absl::StatusOr<DeltaRecord> DecodeDelta(std::string_view value) {
   rec.info.kv_bytes = r.U64("kv bytes");
   rec.info.kv_chunks = r.U32("kv chunks");
   SINKSERVE_RETURN_IF_ERROR(r.Finish(RecordType::kDelta));
-  if ((flags & ~(kHasSampler | kHasRng)) != 0) {
+  if ((flags & ~known) != 0) {
     return absl::DataLossError(
         absl::StrCat("delta record has unknown flags ", flags));
   }

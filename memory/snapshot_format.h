@@ -21,8 +21,11 @@
 
 namespace sinkserve::memory::snapshot {
 
-// Bumped on any change to a payload's fields; readers refuse newer versions.
-inline constexpr uint8_t kFormatVersion = 1;
+// Bumped on any change to a payload's fields; readers refuse newer versions
+// and read every older one. Writers always write kFormatVersion.
+//   1: first version.
+//   2: pending tokens in full-state and delta records.
+inline constexpr uint8_t kFormatVersion = 2;
 inline constexpr size_t kFrameHeaderBytes = 16;
 
 enum class RecordType : uint8_t {
@@ -59,6 +62,7 @@ absl::Status VerifyFrame(std::string_view header,
 struct Frame {
   RecordType type;
   std::string_view payload;  // points into the decoded value
+  uint8_t version = kFormatVersion;  // the version it was written with
 };
 // A whole frame, verified, that must be exactly `value` and of type `want`.
 absl::StatusOr<Frame> DecodeFrame(std::string_view value, RecordType want);

@@ -1,12 +1,15 @@
 #include "memory/snapshot_format.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "memory/crc32c.h"
@@ -140,7 +143,81 @@ TEST(SnapshotFormatTest, NewerVersionIsFailedPrecondition) {
   for (int i = 0; i < 4; ++i) value[i] = static_cast<char>(crc >> (8 * i));
   absl::StatusOr<uint32_t> v = DecodeStoreMarker(value);
   EXPECT_EQ(v.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(v.status().message()), HasSubstr("format version 2"));
+  EXPECT_THAT(std::string(v.status().message()),
+              HasSubstr(absl::StrCat("format version ", kFormatVersion + 1)));
+}
+
+// A frame of `type` and `version` around `payload`, sealed with a valid CRC.
+std::string Seal(RecordType type, uint8_t version, std::string_view payload) {
+  std::string value = FrameHeader(type, {payload});
+  value[5] = static_cast<char>(version);
+  value += payload;
+  const uint32_t crc = crc32c::Value(std::string_view(value).substr(4));
+  for (int i = 0; i < 4; ++i) value[i] = static_cast<char>(crc >> (8 * i));
+  return value;
+}
+
+TEST(SnapshotFormatTest, PendingTokensRoundTrip) {
+  SessionState s = Random(7);
+  s.pending = {
+      {17, 3.25f}, {0, -0.0f}, {499, std::numeric_limits<float>::infinity()}};
+  absl::StatusOr<FullStateRecord> rec =
+      DecodeFullState(EncodeFullState(s, 1, 0));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  s.kv.clear();
+  EXPECT_TRUE(rec->state == s);
+  ASSERT_EQ(rec->state.pending.size(), 3u);
+  EXPECT_TRUE(std::signbit(rec->state.pending[1].score));
+}
+
+TEST(SnapshotFormatTest, ReadsVersion1FullStateWithoutPendingTokens) {
+  SessionState s = Random(8);
+  s.pending.clear();
+  const std::string v2 = EncodeFullState(s, 5, 2);
+  // Version 1 is version 2 without the pending-token count, which sits just
+  // before the cells (u32 count, 20 bytes each) and the K/V size fields.
+  std::string payload = v2.substr(kFrameHeaderBytes);
+  const size_t at =
+      payload.size() - (8 + 4) - s.cache.cells.size() * 20 - 4 - 4;
+  ASSERT_EQ(payload.substr(at, 4), std::string(4, '\0'));
+  payload.erase(at, 4);
+  absl::StatusOr<FullStateRecord> rec =
+      DecodeFullState(Seal(RecordType::kFullState, 1, payload));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  s.kv.clear();
+  EXPECT_EQ(store_testing::Difference(rec->state, s), "");
+  EXPECT_TRUE(rec->state == s);
+  EXPECT_EQ(rec->info.kv_chunks, 2u);
+  // The same bytes claiming version 2 are missing a field.
+  EXPECT_EQ(
+      DecodeFullState(Seal(RecordType::kFullState, 2, payload)).status().code(),
+      absl::StatusCode::kDataLoss);
+}
+
+TEST(SnapshotFormatTest, ReadsVersion1DeltaAndRefusesPendingBitThere) {
+  store_testing::SimOptions o;
+  SessionState prev = store_testing::SimStateAt("d", o, 10);
+  SessionState next = store_testing::SimStateAt("d", o, 11);
+  absl::StatusOr<SessionDelta> delta = DiffMetadata(prev, next);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  ASSERT_TRUE(delta->pending.has_value());  // {10, 2.5} -> {11, 2.75}
+  absl::StatusOr<DeltaRecord> rec = DecodeDelta(EncodeDelta("d", 3, *delta, 0));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_TRUE(rec->delta == *delta);
+  // Without pending tokens a version 2 delta has version 1's bytes.
+  SessionDelta old = delta->Copy();
+  old.pending.reset();
+  const std::string payload =
+      EncodeDelta("d", 3, old, 0).substr(kFrameHeaderBytes);
+  rec = DecodeDelta(Seal(RecordType::kDelta, 1, payload));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_FALSE(rec->delta.pending.has_value());
+  EXPECT_TRUE(rec->delta == old);
+  const std::string with_pending =
+      EncodeDelta("d", 3, *delta, 0).substr(kFrameHeaderBytes);
+  absl::StatusOr<DeltaRecord> bad =
+      DecodeDelta(Seal(RecordType::kDelta, 1, with_pending));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(SnapshotFormatTest, KvChunkChecksIdentity) {

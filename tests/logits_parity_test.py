@@ -4,18 +4,24 @@
 For stories260K and synthetic models covering GQA, tied and untied output, qwen2
 (NeoX RoPE, q/k/v biases), RoPE frequency base, linear RoPE scaling and every
 weight type, `sinkserve generate --dump-logits` must match
-tests/reference/llama_ref.py within max|a - b| / max|b| < 1e-4 (F32 weights),
-1e-3 (F16, BF16) or ACT_QUANT_TOL (Q8_0, Q4_0, Q4_K, Q6_K). Also: chunked
-prefill gives the same logits, and 200 greedy tokens from BOS on stories260K
-equal the reference's.
+tests/reference/llama_ref.py within max|a - b| / max|b| < 1e-4 (F32 weights)
+or 1e-3 (F16, BF16). Quantized types (Q8_0, Q4_0, Q4_K, Q6_K) must match,
+within 1e-3, the reference run on the dequantized weights with ggml's
+activation quantization emulated (llama_ref.Model(act_quant=True), see
+reference/act_quant.py), and stay within ACT_QUANT_TOL of the pure float64
+reference. Also: chunked prefill gives the same logits, and 200 greedy tokens
+from BOS on stories260K equal the reference's.
 
-Why quantized types get a looser bound: the reference dequantizes the weights
-exactly and multiplies in float64, while our matmuls first quantize the
-activations to Q8_0 / Q8_K per row, as ggml does. On these random models that
-alone moves logits by 2-3e-2 of their max (measured: q8_0 2.4e-2, q4_0 1.9e-2,
-q4_K 3.0e-2, q6_K 2.6e-2), while each single matmul matches "quantize the
-activations with quant_ref, then dot in double" to ~2e-7. A wrong scale or
-block layout gives errors of order 1, which the bound still catches.
+Why two references for quantized types: our matmuls, like ggml's, quantize the
+activations to Q8_0 / Q8_K per row before the integer dot products. That alone
+moves logits by 2-3e-2 of their max on these random models (measured: q8_0
+2.4e-2, q4_0 1.9e-2, q4_K 3.0e-2, q6_K 2.6e-2), so against the pure float
+reference only a loose bound holds. With the same activation rounding emulated
+the remaining differences are float32 accumulation order (measured 1e-7 to
+3e-7 for every quantized case), plus, possibly, a rare activation whose
+float32 value sits within rounding noise of a quantization tie and rounds the
+other way (one quant moves by one step: ~1e-4 of the logits here), which the
+issue's 1e-3 bound leaves room for.
 
 CTest sets SINKSERVE_BIN (the CMake build dir) and SINKSERVE_SHARED.
 """
@@ -61,14 +67,15 @@ def our_logits(model, tokens, vocab, extra=()):
 _ref_models = {}
 
 
-def ref_model(path):
-    if path not in _ref_models:
-        _ref_models[path] = llama_ref.Model(path)
-    return _ref_models[path]
+def ref_model(path, act_quant=False):
+    key = (path, act_quant)
+    if key not in _ref_models:
+        _ref_models[key] = llama_ref.Model(path, act_quant=act_quant)
+    return _ref_models[key]
 
 
-def ref_logits(path, tokens):
-    model = ref_model(path)
+def ref_logits(path, tokens, act_quant=False):
+    model = ref_model(path, act_quant)
     return model.forward_batch(tokens, model.new_cache())  # (n_tokens, vocab)
 
 
@@ -94,8 +101,11 @@ class Synthetic:
         return path
 
 
-# See the module docstring: activation quantization, not a kernel error.
+# See the module docstring: against the pure float reference, activation
+# quantization, not a kernel error, dominates; against the emulating reference
+# the issue's 1e-3 holds.
 ACT_QUANT_TOL = 5e-2
+QUANT_TOL = 1e-3
 
 # name -> (make_synthetic_model flags, tolerance). Dims are multiples of 256 so
 # that the k-quants (256-element super-blocks) fit every matrix.
@@ -125,9 +135,16 @@ class LogitsParityTest(unittest.TestCase):
         ours = our_logits(model, tokens, vocab)
         self.assertEqual(ours.shape, ref.shape)
         err = rel_error(ours, ref)
-        print(f"  {os.path.basename(model)}: rel error {err:.2e} (limit {tol:.0e})",
-              file=sys.stderr)
+        line = f"  {os.path.basename(model)}: rel error {err:.2e} (limit {tol:.0e})"
+        quantized = tol == ACT_QUANT_TOL
+        if quantized:
+            emulated = rel_error(ours, ref_logits(model, tokens, act_quant=True))
+            line += f"; vs emulated activation quantization {emulated:.2e} " \
+                    f"(limit {QUANT_TOL:.0e})"
+        print(line, file=sys.stderr)
         self.assertLess(err, tol)
+        if quantized:
+            self.assertLess(emulated, QUANT_TOL)
         return ours
 
     def test_stories260k(self):

@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gguf_py  # noqa: E402
+from act_quant import quantize_activations  # noqa: E402
 from dequant import dequantize  # noqa: E402
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -238,7 +239,7 @@ def rope_tables(positions: np.ndarray, cfg: Config):
     """cos/sin of theta[p, i] = pos_p * freq_scale * base^(-2i/n_rot), i < n_rot/2.
     positions: (n,) -> cos, sin: (n, n_rot/2)."""
     i = np.arange(cfg.n_rot // 2, dtype=np.float64)
-    inv_freq = cfg.rope_base ** (-2.0 * i / cfg.n_rot)                   # (n_rot/2,)
+    inv_freq = cfg.rope_base ** (-2.0 * i / cfg.n_rot)  # (n_rot/2,)
     theta = (positions * cfg.rope_freq_scale)[:, None] * inv_freq[None, :]  # (n, n_rot/2)
     return np.cos(theta), np.sin(theta)
 
@@ -279,7 +280,7 @@ def attention_scores(q: np.ndarray, q_pos: np.ndarray, k: np.ndarray, k_pos: np.
     # Grouped-query attention: query head h reads KV head h // group (consecutive query
     # heads share a KV head, as in HF repeat_kv and ggml's broadcasting).
     group = cfg.n_heads // cfg.n_kv_heads
-    kr = np.repeat(kr, group, axis=1)                  # (n_k, n_heads, head_dim)
+    kr = np.repeat(kr, group, axis=1)  # (n_k, n_heads, head_dim)
     return np.einsum("qhd,khd->hqk", qr, kr) / np.sqrt(cfg.head_dim)
 
 
@@ -295,14 +296,22 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 class Model:
     """Weights dequantized once to float64. A GGUF matrix with ggml shape {in, out} is a
-    numpy (out, in) matrix W, and y = W @ x (done as x @ W.T for a batch of rows)."""
+    numpy (out, in) matrix W, and y = W @ x (done as x @ W.T for a batch of rows).
 
-    def __init__(self, path: str):
+    act_quant=True emulates ggml's quantization of the activations that multiply a
+    quantized weight (Q8_0 / Q8_K per row, see act_quant.py), as ggml's and
+    sinkserve's integer kernels do; the default is the exact product with the
+    dequantized weights."""
+
+    def __init__(self, path: str, act_quant: bool = False):
         self.gguf = gguf_py.load(path)
         g = self.gguf
         self.cfg = cfg = Config.from_gguf(g)
+        self.act_quant = act_quant
+        self.weight_types = {}                               # tensor name -> type name
 
         def w(name: str, shape=None) -> np.ndarray:
+            self.weight_types[name] = g.tensor(name).type_name
             t = dequantize(g.tensor(name))
             if shape is not None and t.shape != shape:
                 raise ValueError(f"{name}: numpy shape {t.shape}, expected {shape}")
@@ -318,14 +327,17 @@ class Model:
         self.tied = "output.weight" not in g
         self.output = self.tok_embd if self.tied else w("output.weight", (cfg.vocab_size, d))  # (vocab, dim)
 
+        self.output_type = self.weight_types[
+            "token_embd.weight" if self.tied else "output.weight"]
+
         self.layers = []
         for i in range(cfg.n_layers):
             p = f"blk.{i}."
             self.layers.append(dict(
                 attn_norm=w(p + "attn_norm.weight", (d,)),                   # (dim,)
-                wq=w(p + "attn_q.weight", (cfg.n_heads * hd, d)),            # (n_heads*hd, dim)
-                wk=w(p + "attn_k.weight", (kvd, d)),                         # (n_kv*hd, dim)
-                wv=w(p + "attn_v.weight", (kvd, d)),                         # (n_kv*hd, dim)
+                wq=w(p + "attn_q.weight", (cfg.n_heads * hd, d)),  # (n_heads*hd, dim)
+                wk=w(p + "attn_k.weight", (kvd, d)),  # (n_kv*hd, dim)
+                wv=w(p + "attn_v.weight", (kvd, d)),  # (n_kv*hd, dim)
                 bq=opt(p + "attn_q.bias", (cfg.n_heads * hd,)),              # qwen2 only
                 bk=opt(p + "attn_k.bias", (kvd,)),
                 bv=opt(p + "attn_v.bias", (kvd,)),
@@ -335,6 +347,17 @@ class Model:
                 w_up=w(p + "ffn_up.weight", (cfg.ffn_dim, d)),               # (ffn, dim)
                 w_down=w(p + "ffn_down.weight", (d, cfg.ffn_dim)),           # (dim, ffn)
             ))
+            self.layers[-1]["types"] = {key: self.weight_types[p + name] for key, name in (
+                ("wq", "attn_q.weight"), ("wk", "attn_k.weight"), ("wv", "attn_v.weight"),
+                ("wo", "attn_output.weight"), ("w_gate", "ffn_gate.weight"),
+                ("w_up", "ffn_up.weight"), ("w_down", "ffn_down.weight"))}
+
+    def matmul(self, x: np.ndarray, W: np.ndarray, weight_type: str) -> np.ndarray:
+        """x (n, in) @ W.T (in, out), with x quantized as the kernels for weight_type
+        quantize it when act_quant is on."""
+        if self.act_quant:
+            x = quantize_activations(x, weight_type)
+        return x @ W.T
 
     def new_cache(self, pos_offset: int = 0) -> Cache:
         return Cache.for_config(self.cfg, pos_offset)
@@ -357,52 +380,53 @@ class Model:
         start = cache.append_cells(tokens)
         n_cells = cache.n_cells
 
-        positions = cache.positions()                       # (n_cells,)
-        q_pos = positions[start:]                           # (n,)
+        positions = cache.positions()  # (n_cells,)
+        q_pos = positions[start:]  # (n,)
         # Positions are the same in every layer: compute the rotations once.
-        k_cos, k_sin = rope_tables(positions, cfg)          # (n_cells, n_rot/2)
-        q_cos, q_sin = k_cos[start:], k_sin[start:]         # (n, n_rot/2)
+        k_cos, k_sin = rope_tables(positions, cfg)  # (n_cells, n_rot/2)
+        q_cos, q_sin = k_cos[start:], k_sin[start:]  # (n, n_rot/2)
         # Query t (cell start+t) may see cell j iff j <= start + t.
         visible = np.arange(n_cells)[None, :] <= (start + np.arange(n))[:, None]  # (n, n_cells)
         group = cfg.n_heads // cfg.n_kv_heads
         scale = 1.0 / np.sqrt(cfg.head_dim)
 
-        x = self.tok_embd[tokens]                           # (n, dim)
+        x = self.tok_embd[tokens]  # (n, dim)
         for li, L in enumerate(self.layers):
             # --- attention ---
-            h = rms_norm(x, L["attn_norm"], cfg.rms_eps)     # (n, dim)
-            q = h @ L["wq"].T                                # (n, n_heads*hd)
-            k = h @ L["wk"].T                                # (n, n_kv*hd)
-            v = h @ L["wv"].T                                # (n, n_kv*hd)
+            h = rms_norm(x, L["attn_norm"], cfg.rms_eps)  # (n, dim)
+            q = self.matmul(h, L["wq"], L["types"]["wq"])  # (n, n_heads*hd)
+            k = self.matmul(h, L["wk"], L["types"]["wk"])  # (n, n_kv*hd)
+            v = self.matmul(h, L["wv"], L["types"]["wv"])  # (n, n_kv*hd)
             if L["bq"] is not None:
                 q = q + L["bq"]
             if L["bk"] is not None:
                 k = k + L["bk"]
             if L["bv"] is not None:
                 v = v + L["bv"]
-            q = q.reshape(n, cfg.n_heads, cfg.head_dim)      # (n, n_heads, hd)
+            q = q.reshape(n, cfg.n_heads, cfg.head_dim)  # (n, n_heads, hd)
             # Store K before RoPE: the cell's position may change after an eviction.
             cache.set_kv(li, start,
                          k.reshape(n, cfg.n_kv_heads, cfg.head_dim),
                          v.reshape(n, cfg.n_kv_heads, cfg.head_dim))
 
-            qr = apply_rope(q, q_cos, q_sin, cfg)                          # (n, n_heads, hd)
-            kr = apply_rope(cache.keys(li), k_cos, k_sin, cfg)             # (n_cells, n_kv, hd)
-            kr = np.repeat(kr, group, axis=1)                              # (n_cells, n_heads, hd)
-            vv = np.repeat(cache.values(li), group, axis=1)                # (n_cells, n_heads, hd)
-            s = np.einsum("qhd,khd->hqk", qr, kr) * scale                  # (n_heads, n, n_cells)
+            qr = apply_rope(q, q_cos, q_sin, cfg)  # (n, n_heads, hd)
+            kr = apply_rope(cache.keys(li), k_cos, k_sin, cfg)  # (n_cells, n_kv, hd)
+            kr = np.repeat(kr, group, axis=1)  # (n_cells, n_heads, hd)
+            vv = np.repeat(cache.values(li), group, axis=1)  # (n_cells, n_heads, hd)
+            s = np.einsum("qhd,khd->hqk", qr, kr) * scale  # (n_heads, n, n_cells)
             s = np.where(visible[None], s, -np.inf)
-            a = softmax(s, axis=-1)                                        # (n_heads, n, n_cells)
+            a = softmax(s, axis=-1)  # (n_heads, n, n_cells)
             o = np.einsum("hqk,khd->qhd", a, vv).reshape(n, cfg.n_heads * cfg.head_dim)
-            x = x + o @ L["wo"].T                                          # (n, dim)
+            x = x + self.matmul(o, L["wo"], L["types"]["wo"])  # (n, dim)
 
             # --- SwiGLU feed-forward ---
-            h = rms_norm(x, L["ffn_norm"], cfg.rms_eps)                    # (n, dim)
-            f = silu(h @ L["w_gate"].T) * (h @ L["w_up"].T)                # (n, ffn)
-            x = x + f @ L["w_down"].T                                      # (n, dim)
+            h = rms_norm(x, L["ffn_norm"], cfg.rms_eps)  # (n, dim)
+            f = silu(self.matmul(h, L["w_gate"], L["types"]["w_gate"])) * \
+                self.matmul(h, L["w_up"], L["types"]["w_up"])  # (n, ffn)
+            x = x + self.matmul(f, L["w_down"], L["types"]["w_down"])  # (n, dim)
 
-        x = rms_norm(x, self.output_norm, cfg.rms_eps)                     # (n, dim)
-        return x @ self.output.T                                           # (n, vocab)
+        x = rms_norm(x, self.output_norm, cfg.rms_eps)  # (n, dim)
+        return self.matmul(x, self.output, self.output_type)  # (n, vocab)
 
     def forward(self, token: int, cache: Cache) -> np.ndarray:
         """One token: append its cell, attend over all cells. Returns logits (vocab,)."""
@@ -523,7 +547,7 @@ def main(argv=None) -> int:
         if args.sequential:
             logits = np.stack([model.forward(t, cache) for t in toks])
         else:
-            logits = model.forward_batch(toks, cache)        # (n_tokens, vocab)
+            logits = model.forward_batch(toks, cache)  # (n_tokens, vocab)
         if args.out:
             np.save(args.out, logits)
         else:

@@ -19,6 +19,7 @@ namespace {
 
 constexpr char kSynopsis[] =
     "--model PATH [--threads N] [--prompt-tokens N] [--gen-tokens N] [--runs N]\n"
+    "    [--kv-dtype f32|f16|bf16]\n"
     "Times a prefill of --prompt-tokens tokens and a decode of --gen-tokens tokens\n"
     "(from an empty cache, greedy) --runs times and prints the medians, the weight\n"
     "bandwidth decode achieves (weight bytes per token x tokens/s) next to the\n"
@@ -76,7 +77,8 @@ int RunBench(const std::vector<std::string>& args) {
                  {"threads", FlagKind::kInt, "0", "CPU threads; 0 = one per core"},
                  {"prompt-tokens", FlagKind::kInt, "512", "tokens per prefill run"},
                  {"gen-tokens", FlagKind::kInt, "128", "tokens per decode run"},
-                 {"runs", FlagKind::kInt, "3", "repetitions; medians are reported"}});
+                 {"runs", FlagKind::kInt, "3", "repetitions; medians are reported"},
+                 {"kv-dtype", FlagKind::kString, "f32", "KV cache element type: f32, f16, bf16"}});
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
   if (!flags.Has("model")) {
     std::cerr << "sinkserve bench: --model is required\n";
@@ -91,6 +93,11 @@ int RunBench(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   if (threads == 0) threads = engine::ThreadPool::DefaultThreads();
+  auto kv_dtype = engine::ParseKvDtype(flags.GetString("kv-dtype"));
+  if (!kv_dtype.ok()) {
+    std::cerr << "sinkserve bench: " << kv_dtype.status().message() << "\n";
+    return kExitUsage;
+  }
 
   const auto load_start = Clock::now();
   auto weights = engine::ModelWeights::Load(flags.GetString("model"));
@@ -98,7 +105,10 @@ int RunBench(const std::vector<std::string>& args) {
   const double load_seconds = Seconds(load_start);
   const engine::ModelConfig& config = (*weights)->config();
 
-  auto backend = engine::NewCpuBackend(*weights, {static_cast<int>(threads)});
+  engine::CpuBackendOptions backend_options;
+  backend_options.threads = static_cast<int>(threads);
+  backend_options.kv_dtype = *kv_dtype;
+  auto backend = engine::NewCpuBackend(*weights, backend_options);
   if (!backend.ok()) return Fail("bench", backend.status());
   const int64_t capacity = std::max(prompt_tokens, gen_tokens + 1);
   auto kv = (*backend)->NewKvStorage(capacity);
@@ -159,6 +169,7 @@ int RunBench(const std::vector<std::string>& args) {
                config.architecture, config.dim, config.n_layers, config.vocab_size);
   absl::PrintF("load        %.2f ms (mmap + header parse)\n", load_seconds * 1e3);
   absl::PrintF("threads     %d\n", threads);
+  absl::PrintF("kv cache    %s\n", std::string(engine::KvDtypeName(*kv_dtype)));
   absl::PrintF("prefill     %d tokens: %.1f tok/s (median of %d)\n", prompt_tokens,
                prefill_rate, runs);
   absl::PrintF("decode      %d tokens: %.1f tok/s, %.3f ms/token (median of %d)\n", gen_tokens,

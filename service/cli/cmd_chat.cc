@@ -1,13 +1,197 @@
-// PLACEHOLDER: being written this session; replaced by the real command.
-#include <iostream>
+// `sinkserve chat`: a terminal client of a running `sinkserve serve`.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "memory/cache_policy.h"
 #include "service/cli/commands.h"
+#include "service/server/chat_client.h"
 
 namespace sinkserve::cli {
+namespace {
+
+constexpr char kSynopsis[] =
+    "--server ADDR --session ID [--create] [--message TEXT] [--max-tokens N]\n"
+    "Attaches to session ID (with --create, creates it when missing) and sends\n"
+    "--message as one turn, or, without it, every line of stdin as a turn\n"
+    "(interactive when stdin is a terminal). Tokens are printed as they stream\n"
+    "in; per-turn statistics go to stderr. Exit 1 with the gRPC status on error.";
+
+std::string_view StopName(v1::StopReason reason) {
+  switch (reason) {
+    case v1::STOP_REASON_EOS:
+      return "eos";
+    case v1::STOP_REASON_STOP_STRING:
+      return "stop string";
+    case v1::STOP_REASON_MAX_TOKENS:
+      return "max tokens";
+    case v1::STOP_REASON_CANCELLED:
+      return "cancelled";
+    case v1::STOP_REASON_CONTEXT_FULL:
+      return "context full";
+    default:
+      return "unspecified";
+  }
+}
+
+absl::Status FillPolicy(const std::string& spec, v1::CachePolicy* out) {
+  absl::StatusOr<memory::PolicyConfig> policy = memory::PolicyConfig::Parse(spec);
+  if (!policy.ok()) return policy.status();
+  switch (policy->kind) {
+    case memory::PolicyKind::kFull:
+      out->set_kind(v1::POLICY_FULL);
+      break;
+    case memory::PolicyKind::kWindow:
+      out->set_kind(v1::POLICY_WINDOW);
+      break;
+    case memory::PolicyKind::kStreaming:
+      out->set_kind(v1::POLICY_STREAMING);
+      break;
+    case memory::PolicyKind::kSirLlm:
+      out->set_kind(v1::POLICY_SIRLLM);
+      break;
+    case memory::PolicyKind::kRecompute:
+      return absl::InvalidArgumentError("the service does not offer recompute");
+  }
+  out->set_sinks(policy->sinks);
+  out->set_window(policy->window);
+  out->set_entropy(policy->entropy);
+  out->set_decay(policy->decay);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 int RunChat(const std::vector<std::string>& args) {
-  std::cerr << "sinkserve: this command is not built yet\n";
-  return kExitError;
+  FlagSet flags(
+      "chat", kSynopsis,
+      {{"server", FlagKind::kString, "127.0.0.1:50051", "server address"},
+       {"session", FlagKind::kString, "", "session id"},
+       {"create", FlagKind::kBool, "false", "create the session when it does not exist"},
+       {"message", FlagKind::kString, "", "send this one turn and exit"},
+       {"max-tokens", FlagKind::kInt, "0", "tokens per reply at most; 0 = the server's default"},
+       {"stop", FlagKind::kString, "", "also stop a reply before this text"},
+       {"ignore-eos", FlagKind::kBool, "false",
+        "generate past end-of-text tokens: every reply is --max-tokens long"},
+       {"policy", FlagKind::kString, "",
+        "cache policy of a created session, e.g. streaming(4,252); empty = server default"},
+       {"system-prompt", FlagKind::kString, "", "system prompt of a created session"},
+       {"chat-template", FlagKind::kString, "",
+        "chat template of a created session (raw, llama2, llama3, chatml, mistral, zephyr); "
+        "empty = from the model"},
+       {"temperature", FlagKind::kDouble, "-1",
+        "sampling temperature of a created session; -1 = the server's default"},
+       {"seed", FlagKind::kInt, "-1", "RNG seed of a created session; -1 = the server's"},
+       {"timeout", FlagKind::kDouble, "0", "deadline of the whole stream in seconds; 0 = none"},
+       {"quiet", FlagKind::kBool, "false", "no statistics on stderr"}});
+  if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
+  if (flags.GetString("session").empty()) {
+    std::cerr << "sinkserve chat: --session is required\n";
+    return kExitUsage;
+  }
+  v1::OpenSession open;
+  open.set_session_id(flags.GetString("session"));
+  open.set_create_if_missing(flags.GetBool("create"));
+  v1::SessionConfig* config = open.mutable_config();
+  if (!flags.GetString("policy").empty()) {
+    if (absl::Status s = FillPolicy(flags.GetString("policy"), config->mutable_policy()); !s.ok()) {
+      std::cerr << "sinkserve chat: " << s.message() << "\n";
+      return kExitUsage;
+    }
+  }
+  config->set_system_prompt(flags.GetString("system-prompt"));
+  config->set_chat_template(flags.GetString("chat-template"));
+  if (flags.GetDouble("temperature") >= 0) {
+    config->mutable_sampling()->set_temperature(flags.GetDouble("temperature"));
+  }
+  if (flags.GetInt("seed") >= 0) config->mutable_sampling()->set_seed(flags.GetInt("seed"));
+  const bool quiet = flags.GetBool("quiet");
+  const double timeout = flags.GetDouble("timeout");
+
+  // Interactive: Ctrl-C stops the reply being generated (the server ends the
+  // turn as cancelled and keeps what was said); Ctrl-C between turns quits.
+  // SIGINT is blocked before gRPC starts its threads, so that only the
+  // sigwait thread below ever takes it.
+  const bool interactive = !flags.Has("message") && isatty(STDIN_FILENO);
+  sigset_t sigint;
+  sigemptyset(&sigint);
+  sigaddset(&sigint, SIGINT);
+  if (interactive) pthread_sigmask(SIG_BLOCK, &sigint, nullptr);
+
+  auto channel = grpc::CreateChannel(flags.GetString("server"), grpc::InsecureChannelCredentials());
+  absl::StatusOr<std::unique_ptr<service::ChatClient>> client = service::ChatClient::Open(
+      channel, open, timeout > 0 ? absl::Seconds(timeout) : absl::InfiniteDuration());
+  if (!client.ok())
+    return Fail("chat", absl::UnknownError(service::DescribeStatus(client.status())));
+  const v1::SessionOpened& opened = (*client)->opened();
+  if (!quiet) {
+    std::cerr << absl::StrFormat(
+        "[session %s %s: %d cells cached, %d rounds, template %s]\n", opened.session().session_id(),
+        opened.restored() ? "restored from the store" : "attached", opened.session().cells_cached(),
+        opened.session().rounds(), opened.session().chat_template());
+    for (const std::string& w : opened.warnings()) std::cerr << "[warning: " << w << "]\n";
+  }
+
+  if (interactive) {
+    std::thread([&client, sigint] {
+      int signal_number = 0;
+      while (sigwait(&sigint, &signal_number) == 0) {
+        if (!(*client)->CancelTurn()) std::_Exit(130);  // between turns: quit
+      }
+    }).detach();  // waits in sigwait until the process ends
+  }
+  auto run_turn = [&](const std::string& text) -> absl::Status {
+    v1::UserTurn turn;
+    turn.set_text(text);
+    turn.set_max_tokens(flags.GetInt("max-tokens"));
+    turn.set_ignore_eos(flags.GetBool("ignore-eos"));
+    if (!flags.GetString("stop").empty()) turn.add_stop(flags.GetString("stop"));
+    absl::StatusOr<service::ClientTurnResult> result =
+        (*client)->Turn(turn, [](const v1::TokenDelta& delta) {
+          std::fwrite(delta.text().data(), 1, delta.text().size(), stdout);
+          std::fflush(stdout);
+        });
+    std::printf("\n");
+    std::fflush(stdout);
+    if (!result.ok()) return result.status();
+    if (!quiet) {
+      const v1::TurnEnd& end = result->end;
+      std::cerr << absl::StrFormat(
+          "[%s: %d prompt + %d generated tokens, %d cells kept, %d evicted; first token "
+          "%.1f ms, %.1f tokens/s]\n",
+          StopName(end.stop_reason()), end.usage().prompt_tokens(), end.usage().generated_tokens(),
+          end.usage().cells_kept(), end.usage().cells_evicted(),
+          end.timings().time_to_first_token_ms(), end.timings().tokens_per_second());
+    }
+    return absl::OkStatus();
+  };
+
+  absl::Status status;
+  if (flags.Has("message")) {
+    status = run_turn(flags.GetString("message"));
+  } else {
+    std::string line;
+    while (status.ok()) {
+      if (interactive) {
+        std::cout << "> " << std::flush;
+      }
+      if (!std::getline(std::cin, line)) break;
+      if (line.empty()) continue;
+      status = run_turn(line);
+    }
+  }
+  if (status.ok()) status = (*client)->Close();
+  if (!status.ok()) return Fail("chat", absl::UnknownError(service::DescribeStatus(status)));
+  return kExitOk;
 }
 
 }  // namespace sinkserve::cli

@@ -1,13 +1,151 @@
-// PLACEHOLDER: being written this session; replaced by the real command.
-#include <iostream>
+// `sinkserve serve`: the gRPC chat service (service/server/).
+#include <pthread.h>
+#include <signal.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "memory/cache_policy.h"
 #include "service/cli/commands.h"
+#include "service/cli/policy_flags.h"
+#include "service/server/log.h"
+#include "service/server/server.h"
 
 namespace sinkserve::cli {
+namespace {
+
+constexpr char kSynopsis[] =
+    "--model PATH --db DIR [--listen ADDR] [--metrics-listen ADDR] [--threads N]\n"
+    "         [--max-sessions-in-memory N] [--default-policy streaming(4,252)] [limits]\n"
+    "Serves sinkserve.v1.SinkServe (bidirectional Chat streams over durable\n"
+    "sessions), grpc.health.v1 and server reflection on --listen, Prometheus\n"
+    "metrics on --metrics-listen. Health is NOT_SERVING while the model loads and\n"
+    "while draining. SIGTERM (or SIGINT) drains: new work is refused, running\n"
+    "turns finish (up to --drain-grace-seconds), every session is checkpointed,\n"
+    "then the process exits 0. Port 0 picks a free port; the chosen one is\n"
+    "printed as `listening on HOST:PORT` on stdout, then `ready` once serving.";
+
+std::string WithPort(const std::string& address, int port) {
+  const size_t colon = address.rfind(':');
+  return absl::StrCat(colon == std::string::npos ? address : address.substr(0, colon), ":", port);
+}
+
+}  // namespace
 
 int RunServe(const std::vector<std::string>& args) {
-  std::cerr << "sinkserve: this command is not built yet\n";
-  return kExitError;
+  std::vector<FlagSpec> specs = {
+      {"model", FlagKind::kString, "", "GGUF model file"},
+      {"db", FlagKind::kString, "", "session store directory (created if missing)"},
+      {"listen", FlagKind::kString, "127.0.0.1:50051", "gRPC listen address"},
+      {"metrics-listen", FlagKind::kString, "", "Prometheus /metrics address; empty = off"},
+      {"threads", FlagKind::kInt, "0", "CPU threads of the decoder; 0 = one per core"},
+      {"max-sessions-in-memory", FlagKind::kInt, "256",
+       "sessions kept in RAM; idle ones beyond are checkpointed and dropped (LRU)"},
+      {"max-sessions", FlagKind::kInt, "0",
+       "sessions the store may hold (creating more is RESOURCE_EXHAUSTED); 0 = no limit"},
+      {"default-policy", FlagKind::kString, "",
+       "cache policy of sessions that do not choose one, compact form "
+       "(streaming(4,252)); overrides --policy and its flags"},
+      {"max-message-bytes", FlagKind::kInt, "1048576",
+       "largest request message (RESOURCE_EXHAUSTED beyond)"},
+      {"max-prompt-tokens", FlagKind::kInt, "8192",
+       "tokens one user turn may add (RESOURCE_EXHAUSTED beyond)"},
+      {"max-session-cells", FlagKind::kInt, "65536",
+       "KV cells one session may keep (allocated up front; RESOURCE_EXHAUSTED beyond); "
+       "also the size of a `full` cache"},
+      {"max-tokens", FlagKind::kInt, "256", "tokens a turn generates when it does not say"},
+      {"max-tokens-limit", FlagKind::kInt, "8192", "most tokens a turn may ask for"},
+      {"prefill-chunk", FlagKind::kInt, "256",
+       "prompt tokens per forward step of one session (bounds others' latency)"},
+      {"max-batch", FlagKind::kInt, "256", "most sessions in one forward pass"},
+      {"stream-buffer", FlagKind::kInt, "32",
+       "responses queued per stream before its turn pauses (backpressure)"},
+      {"temperature", FlagKind::kDouble, "0.8", "default sampling temperature; 0 = greedy"},
+      {"seed", FlagKind::kInt, "-1",
+       "RNG seed of new sessions that set none; -1 = a random one per session"},
+      {"drain-grace-seconds", FlagKind::kDouble, "30",
+       "on SIGTERM, how long running turns may go on before they are cancelled"},
+      {"sync", FlagKind::kBool, "true", "fsync each checkpoint (power-loss safe)"}};
+  AddPolicyFlags(&specs, "streaming(4,252)");
+  FlagSet flags("serve", kSynopsis, std::move(specs));
+  if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
+  if (!flags.Has("model") || !flags.Has("db")) {
+    std::cerr << "sinkserve serve: --model and --db are required\n";
+    return kExitUsage;
+  }
+  absl::StatusOr<memory::PolicyConfig> policy =
+      flags.Has("default-policy") ? memory::PolicyConfig::Parse(flags.GetString("default-policy"))
+                                  : PolicyFromFlags(flags);
+  if (!policy.ok()) {
+    std::cerr << "sinkserve serve: " << policy.status().message() << "\n";
+    return kExitUsage;
+  }
+  for (const char* name : {"threads", "max-sessions-in-memory", "max-sessions", "max-message-bytes",
+                           "max-prompt-tokens", "max-tokens", "max-tokens-limit", "prefill-chunk",
+                           "max-batch", "stream-buffer", "max-session-cells"}) {
+    const int64_t v = flags.GetInt(name);
+    const bool may_be_zero = std::string(name) == "threads" || std::string(name) == "max-sessions";
+    if (v < (may_be_zero ? 0 : 1) || v > (int64_t{1} << 30)) {
+      std::cerr << "sinkserve serve: --" << name << " out of range: " << v << "\n";
+      return kExitUsage;
+    }
+  }
+
+  service::ServerOptions options;
+  options.model.path = flags.GetString("model");
+  options.model.threads = flags.GetInt("threads");
+  options.db = flags.GetString("db");
+  options.listen = flags.GetString("listen");
+  options.metrics_listen = flags.GetString("metrics-listen");
+  options.max_message_bytes = flags.GetInt("max-message-bytes");
+  options.sync = flags.GetBool("sync");
+  options.sessions.max_sessions_in_memory = flags.GetInt("max-sessions-in-memory");
+  options.sessions.max_sessions = flags.GetInt("max-sessions");
+  options.sessions.default_policy = *policy;
+  options.sessions.default_sampling.temperature = flags.GetDouble("temperature");
+  options.sessions.random_seed = flags.GetInt("seed") < 0;
+  options.sessions.default_sampling.seed = std::max<int64_t>(0, flags.GetInt("seed"));
+  options.sessions.max_step_tokens = flags.GetInt("prefill-chunk");
+  options.sessions.max_session_cells = flags.GetInt("max-session-cells");
+  options.limits.turn.max_prompt_tokens = flags.GetInt("max-prompt-tokens");
+  options.limits.turn.default_max_tokens = flags.GetInt("max-tokens");
+  options.limits.turn.max_tokens_limit = flags.GetInt("max-tokens-limit");
+  options.limits.stream_buffer = flags.GetInt("stream-buffer");
+  options.scheduler.max_batch = flags.GetInt("max-batch");
+
+  // SIGTERM/SIGINT are taken by sigwait below: block them before any thread
+  // (gRPC's, the scheduler) starts, so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<service::Server>> server =
+      service::Server::Start(options, [&](int port, int metrics_port) {
+        std::string line =
+            absl::StrCat("sinkserve serve: listening on ", WithPort(options.listen, port));
+        if (metrics_port > 0) absl::StrAppend(&line, " (metrics on port ", metrics_port, ")");
+        std::printf("%s\n", line.c_str());
+        std::fflush(stdout);
+        service::ServerLog("loading ", options.model.path);
+      });
+  if (!server.ok()) return Fail("serve", server.status());
+  service::ServerLog("serving (policy ", policy->ToString(), ", store ", options.db, ")");
+  std::printf("sinkserve serve: ready\n");  // health is SERVING from here on
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  service::ServerLog("got signal ", signal_number, ", draining");
+  absl::Status drained = (*server)->Drain(absl::Seconds(flags.GetDouble("drain-grace-seconds")));
+  server->reset();
+  return drained.ok() ? kExitOk : kExitError;
 }
 
 }  // namespace sinkserve::cli

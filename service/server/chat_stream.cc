@@ -1,0 +1,281 @@
+#include "service/server/chat_stream.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "service/server/status_util.h"
+
+namespace sinkserve::service {
+namespace {
+
+const grpc::Status& ShuttingDown() {
+  static const grpc::Status* status =
+      new grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  return *status;
+}
+
+bool Parse(const grpc::ByteBuffer& buffer, v1::ChatRequest* request) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return false;
+  std::string bytes;
+  for (const grpc::Slice& slice : slices) {
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return request->ParseFromString(bytes);
+}
+
+}  // namespace
+
+ChatStream* ChatStream::Start(SinkServeService* service) {
+  std::shared_ptr<ChatStream> stream(new ChatStream(service));
+  std::lock_guard<std::mutex> lock(stream->mu_);
+  stream->self_ = stream;
+  if (Metrics* m = service->metrics()) m->IncActiveStreams();
+  if (!service->serving()) {
+    stream->FinishLocked(
+        service->draining()
+            ? ShuttingDown()
+            : grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is still loading its model"));
+  } else {
+    stream->StartRead(&stream->read_buffer_);
+  }
+  return stream.get();
+}
+
+bool ChatStream::HasRoom() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(queue_.size()) < service_->core().limits.stream_buffer;
+}
+
+bool ChatStream::CancelRequested() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cancel_turn_ || cancelled_ || done_ || closing_;
+}
+
+void ChatStream::Send(v1::ChatResponse response) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closing_ || cancelled_ || done_) return;
+  queue_.push_back(std::move(response));
+  WriteLocked();
+}
+
+void ChatStream::TurnEnded(const absl::Status& status, v1::ChatResponse* turn_end) {
+  std::lock_guard<std::mutex> lock(mu_);
+  turn_active_ = false;
+  cancel_turn_ = false;
+  if (turn_end != nullptr && !closing_ && !cancelled_ && !done_) {
+    queue_.push_back(std::move(*turn_end));
+    WriteLocked();
+  }
+  if (!status.ok()) {
+    FinishLocked(ToGrpcStatus(status));
+  } else if (drain_) {
+    FinishLocked(ShuttingDown());
+  } else if (reads_done_) {
+    FinishLocked(grpc::Status::OK);
+  }
+  MaybeDetachLocked();
+}
+
+void ChatStream::Drain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  drain_ = true;
+  if (!turn_active_ && !opening_) FinishLocked(ShuttingDown());
+}
+
+void ChatStream::OnReadDone(bool ok) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!ok) {
+    reads_done_ = true;
+    if (!turn_active_ && !opening_) FinishLocked(grpc::Status::OK);
+    return;
+  }
+  if (closing_) return;
+  const ServingCore& core = service_->core();
+  v1::ChatRequest request;
+  if (!Parse(read_buffer_, &request)) {
+    FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              "not a valid sinkserve.v1.ChatRequest (strings must be UTF-8)"));
+    return;
+  }
+  switch (request.kind_case()) {
+    case v1::ChatRequest::kOpen: {
+      if (opened_ || opening_) {
+        FinishLocked(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                  "a session is already open on this stream"));
+        return;
+      }
+      if (drain_ || service_->draining()) {
+        FinishLocked(ShuttingDown());
+        return;
+      }
+      opening_ = true;
+      v1::OpenSession open = std::move(*request.mutable_open());
+      lock.unlock();
+      // The next read starts once the session is attached.
+      core.scheduler->Post(
+          [self = shared_from_this(), open = std::move(open)] { self->DoOpen(open); });
+      return;
+    }
+    case v1::ChatRequest::kTurn: {
+      if (!opened_) {
+        FinishLocked(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                  "open a session before sending a turn"));
+        return;
+      }
+      if (turn_active_) {
+        FinishLocked(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                  "a turn is already running on this stream"));
+        return;
+      }
+      if (drain_ || service_->draining()) {
+        FinishLocked(ShuttingDown());
+        return;
+      }
+      turn_active_ = true;
+      cancel_turn_ = false;
+      v1::UserTurn turn = std::move(*request.mutable_turn());
+      const auto received = std::chrono::steady_clock::now();
+      StartRead(&read_buffer_);
+      lock.unlock();
+      core.scheduler->Post([self = shared_from_this(), turn = std::move(turn), received] {
+        self->DoTurn(turn, received);
+      });
+      return;
+    }
+    case v1::ChatRequest::kCancel:
+      if (turn_active_) cancel_turn_ = true;
+      StartRead(&read_buffer_);
+      lock.unlock();
+      core.scheduler->Wake();
+      return;
+    case v1::ChatRequest::KIND_NOT_SET:
+      FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                "empty request: set open, turn or cancel"));
+      return;
+  }
+}
+
+void ChatStream::DoOpen(const v1::OpenSession& open) {
+  const ServingCore& core = service_->core();
+  absl::StatusOr<AttachResult> attached =
+      core.sessions->Attach(open.session_id(), open.create_if_missing(), open.config());
+  v1::ChatResponse response;
+  if (attached.ok()) {
+    v1::SessionOpened* opened = response.mutable_opened();
+    *opened->mutable_session() = core.sessions->InfoOf(*attached->session);
+    opened->set_restored(attached->restored);
+    for (const std::string& w : attached->warnings) opened->add_warnings(w);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  opening_ = false;
+  if (!attached.ok()) {
+    FinishLocked(ToGrpcStatus(attached.status()));
+    return;
+  }
+  opened_ = true;
+  session_id_ = open.session_id();
+  session_ = attached->session;
+  if (done_ || closing_) {
+    MaybeDetachLocked();
+    return;
+  }
+  queue_.push_back(std::move(response));
+  WriteLocked();
+  if (drain_) {
+    FinishLocked(ShuttingDown());
+  } else {
+    StartRead(&read_buffer_);
+  }
+}
+
+void ChatStream::DoTurn(const v1::UserTurn& request,
+                        std::chrono::steady_clock::time_point received) {
+  const ServingCore& core = service_->core();
+  ChatTurnContext context;
+  context.model = core.model;
+  context.sessions = core.sessions;
+  context.metrics = core.metrics;
+  context.limits = core.limits.turn;
+  absl::StatusOr<std::unique_ptr<ChatTurn>> turn =
+      ChatTurn::Create(context, session_, request, shared_from_this(), received);
+  if (!turn.ok()) {
+    TurnEnded(turn.status(), nullptr);
+    return;
+  }
+  core.scheduler->AddTurn(std::move(*turn));
+}
+
+void ChatStream::OnWriteDone(bool ok) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      // The client is gone: nothing more will reach it.
+      cancelled_ = true;
+      queue_.clear();
+      if (!closing_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+    }
+    WriteLocked();
+    MaybeFinishLocked();
+  }
+  service_->core().scheduler->Wake();  // room in the queue, or a cancel
+}
+
+void ChatStream::OnCancel() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    queue_.clear();
+    if (!closing_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+  }
+  if (service_->serving() || service_->draining()) service_->core().scheduler->Wake();
+}
+
+void ChatStream::OnDone() {
+  std::shared_ptr<ChatStream> keep;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    MaybeDetachLocked();
+    keep = std::move(self_);
+  }
+  service_->Unregister(this);
+  if (Metrics* m = service_->metrics()) m->DecActiveStreams();
+  // `keep` may be the last owner: this object ends with this function.
+}
+
+void ChatStream::WriteLocked() {
+  if (writing_ || queue_.empty() || done_ || finished_) return;
+  writing_ = true;
+  const std::string bytes = queue_.front().SerializeAsString();
+  queue_.pop_front();
+  grpc::Slice slice(bytes);
+  write_buffer_ = grpc::ByteBuffer(&slice, 1);
+  StartWrite(&write_buffer_);
+}
+
+void ChatStream::FinishLocked(const grpc::Status& status) {
+  if (closing_) return;
+  closing_ = true;
+  finish_status_ = status;
+  if (turn_active_) cancel_turn_ = true;
+  if (!status.ok()) service_->CountError(status);
+  MaybeFinishLocked();
+}
+
+void ChatStream::MaybeFinishLocked() {
+  if (!closing_ || finished_ || writing_ || !queue_.empty()) return;
+  finished_ = true;
+  Finish(finish_status_);
+}
+
+void ChatStream::MaybeDetachLocked() {
+  if (!done_ || !opened_ || turn_active_ || detached_) return;
+  detached_ = true;
+  SessionManager* sessions = service_->core().sessions;
+  service_->core().scheduler->Post([sessions, id = session_id_] { sessions->Detach(id); });
+}
+
+}  // namespace sinkserve::service

@@ -1,0 +1,206 @@
+#include "service/server/chat_turn.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/sequence.h"
+#include "memory/status_macros.h"
+#include "service/chat_template.h"
+#include "service/server/log.h"
+#include "service/server/status_util.h"
+
+namespace sinkserve::service {
+namespace {
+
+double Seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+v1::StopReason ToProto(engine::StopReason reason) {
+  switch (reason) {
+    case engine::StopReason::kEndOfText:
+      return v1::STOP_REASON_EOS;
+    case engine::StopReason::kStopString:
+      return v1::STOP_REASON_STOP_STRING;
+    case engine::StopReason::kCancelled:
+      return v1::STOP_REASON_CANCELLED;
+    case engine::StopReason::kMaxTokens:
+      return v1::STOP_REASON_MAX_TOKENS;
+    case engine::StopReason::kContextFull:
+      return v1::STOP_REASON_CONTEXT_FULL;
+  }
+  return v1::STOP_REASON_UNSPECIFIED;
+}
+
+bool HasAnySetting(const v1::SamplingParams& p) {
+  return p.has_temperature() || p.has_top_k() || p.has_top_p() || p.has_min_p() ||
+         p.has_repeat_penalty() || p.has_presence_penalty() || p.has_seed();
+}
+
+}  // namespace
+
+ChatTurn::ChatTurn(const ChatTurnContext& context, engine::Session* session,
+                   std::shared_ptr<TurnOutput> output)
+    : context_(context), session_(session), output_(std::move(output)) {}
+
+absl::StatusOr<std::unique_ptr<ChatTurn>> ChatTurn::Create(
+    const ChatTurnContext& context, engine::Session* session, const v1::UserTurn& request,
+    std::shared_ptr<TurnOutput> output, std::chrono::steady_clock::time_point received) {
+  if (request.text().empty()) return absl::InvalidArgumentError("empty turn: no text");
+  const ChatTurnLimits& limits = context.limits;
+  if (request.max_tokens() > static_cast<uint32_t>(limits.max_tokens_limit)) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens ", request.max_tokens(),
+                                                   " is over the server's limit of ",
+                                                   limits.max_tokens_limit));
+  }
+  auto turn = std::unique_ptr<ChatTurn>(new ChatTurn(context, session, std::move(output)));
+  turn->received_ = received;
+  turn->want_logprobs_ = request.logprobs();
+
+  const engine::Tokenizer& tokenizer = *context.model->tokenizer;
+  const engine::Vocab& vocab = tokenizer.vocab();
+  SINKSERVE_ASSIGN_OR_RETURN(ChatTemplate chat_template, context.sessions->TemplateOf(*session));
+  engine::EncodeOptions special;
+  special.parse_special = true;
+
+  // End-of-reply texts: one token each ends the text like EOS; others are
+  // matched as stop strings.
+  engine::GeneratorOptions& options = turn->options_;
+  for (const std::string& text : StopTexts(chat_template)) {
+    absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(text, special);
+    if (ids.ok() && ids->size() == 1) {
+      options.end_of_text_ids.push_back((*ids)[0]);
+    } else {
+      options.stop_strings.push_back(text);
+    }
+  }
+  for (const std::string& stop : request.stop()) {
+    if (!stop.empty()) options.stop_strings.push_back(stop);
+  }
+  options.max_tokens = request.max_tokens() == 0 ? limits.default_max_tokens : request.max_tokens();
+  options.prefill_chunk = session->sequence().max_step_tokens();
+  options.stop_at_end_of_text = !request.ignore_eos();
+
+  const engine::Sequence& seq = session->sequence();
+  const bool first_turn = seq.cache().tokens_seen() == 0 && seq.pending().empty();
+  bool reply_closed = false;  // the last reply ended with its end-of-turn token
+  if (!seq.pending().empty()) {
+    const int32_t last = seq.pending().back().token;
+    reply_closed = last == vocab.eos_id || last == vocab.bos_id;
+    for (int32_t id : options.end_of_text_ids) reply_closed |= last == id;
+  }
+  TurnContext text_context;
+  text_context.user_text = request.text();
+  text_context.first_turn = first_turn;
+  text_context.after_assistant = !first_turn && !reply_closed;
+  text_context.add_bos = vocab.add_bos;
+  text_context.system_prompt = session->config().system_prompt;
+  const std::string formatted = FormatTurn(chat_template, text_context);
+  absl::StatusOr<std::vector<int32_t>> prompt = tokenizer.Encode(formatted, special);
+  if (!prompt.ok()) return absl::InvalidArgumentError(prompt.status().message());
+  if (static_cast<int64_t>(prompt->size()) > limits.max_prompt_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "turn of ", prompt->size(), " tokens is over the limit of ", limits.max_prompt_tokens));
+  }
+
+  engine::Sampler* sampler = &session->sampler();
+  if (request.has_sampling() && HasAnySetting(request.sampling())) {
+    if (request.sampling().has_seed()) {
+      return absl::InvalidArgumentError("the seed is set when the session is created");
+    }
+    SINKSERVE_ASSIGN_OR_RETURN(engine::SamplerOptions sampling,
+                               ApplySampling(session->config().sampling, request.sampling()));
+    turn->override_sampler_ = std::make_unique<engine::Sampler>(sampling);
+    SINKSERVE_RETURN_IF_ERROR(
+        turn->override_sampler_->RestoreState(session->sampler().SaveState()));
+    sampler = turn->override_sampler_.get();
+  }
+
+  ChatTurn* self = turn.get();
+  turn->callbacks_.on_token = [self](int32_t id) {
+    self->delta_.add_token_ids(id);
+    if (self->want_logprobs_) {
+      // The model's own log-probability, before sampling filters.
+      self->delta_.add_logprobs(
+          static_cast<float>(-engine::Surprisal(self->session_->sequence().last_logits(), id)));
+    }
+    return true;
+  };
+  turn->callbacks_.on_text = [self](std::string_view text) {
+    self->delta_.mutable_text()->append(text.data(), text.size());
+  };
+  turn->driver_ = std::make_unique<engine::TurnDriver>(session->sequence(), tokenizer, *sampler,
+                                                       options, turn->callbacks_);
+  SINKSERVE_RETURN_IF_ERROR(turn->driver_->Start(*prompt));
+  session->Touch();
+  return turn;
+}
+
+void ChatTurn::Flush() {
+  if (delta_.token_ids().empty() && delta_.text().empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  const int n = delta_.token_ids_size();
+  if (n > 0 && context_.metrics != nullptr) {
+    if (!first_token_.has_value()) {
+      context_.metrics->ObserveTimeToFirstToken(Seconds(now - received_));
+    } else {
+      context_.metrics->ObserveInterTokenLatency(Seconds(now - last_token_) / n);
+    }
+  }
+  if (n > 0) {
+    if (!first_token_.has_value()) first_token_ = now;
+    last_token_ = now;
+  }
+  v1::ChatResponse response;
+  response.mutable_delta()->Swap(&delta_);
+  output_->Send(std::move(response));
+}
+
+void ChatTurn::OnEnd(const absl::Status& status) {
+  if (override_sampler_ != nullptr) {
+    // Same RNG and penalty window as if the session's own sampler had run.
+    (void)session_->sampler().RestoreState(override_sampler_->SaveState());
+  }
+  Metrics* metrics = context_.metrics;
+  if (!status.ok()) {
+    session_->Touch();
+    // Keep the store in step with what the failed turn left in memory.
+    if (absl::Status s = context_.sessions->Checkpoint(session_); !s.ok()) {
+      ServerLog("checkpoint of session ", session_->id(), " failed: ", s.ToString());
+    }
+    output_->TurnEnded(status, nullptr);
+    return;
+  }
+  Flush();
+  session_->FinishRound();
+  const engine::GenerationStats& stats = driver_->stats();
+  if (metrics != nullptr) {
+    metrics->AddGenerated(stats.generated_tokens);
+    metrics->AddPromptTokens(stats.prompt_tokens);
+    metrics->AddEvictions(memory::PolicyKindName(session_->config().policy.kind), stats.evicted);
+  }
+  // Durable before the client hears the turn is over.
+  if (absl::Status s = context_.sessions->Checkpoint(session_); !s.ok()) {
+    ServerLog("checkpoint of session ", session_->id(), " failed: ", s.ToString());
+    output_->TurnEnded(absl::UnavailableError(
+                           absl::StrCat("the turn ran but its checkpoint failed: ", s.message())),
+                       nullptr);
+    return;
+  }
+  v1::ChatResponse response;
+  v1::TurnEnd* end = response.mutable_turn_end();
+  end->set_stop_reason(ToProto(stats.stop));
+  end->mutable_usage()->set_prompt_tokens(stats.prompt_tokens);
+  end->mutable_usage()->set_generated_tokens(stats.generated_tokens);
+  end->mutable_usage()->set_cells_kept(session_->sequence().cache().size());
+  end->mutable_usage()->set_cells_evicted(stats.evicted);
+  if (first_token_.has_value()) {
+    end->mutable_timings()->set_time_to_first_token_ms(1e3 * Seconds(*first_token_ - received_));
+  }
+  if (stats.generate_seconds > 0) {
+    end->mutable_timings()->set_tokens_per_second(stats.generated_tokens / stats.generate_seconds);
+  }
+  output_->TurnEnded(absl::OkStatus(), &response);
+}
+
+}  // namespace sinkserve::service

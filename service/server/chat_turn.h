@@ -1,0 +1,104 @@
+// ChatTurn: one user turn of a Chat stream, as the scheduler steps it.
+//
+// It formats and tokenizes the user's message with the session's chat
+// template, drives the session's Sequence with an engine::TurnDriver (the
+// same loop engine::RunTurn runs alone, so a turn produces the same tokens
+// batched or alone), streams token deltas to its TurnOutput, and when the turn
+// ends closes the round, checkpoints the session and only then sends TurnEnd:
+// a client that saw TurnEnd can rely on the turn surviving a crash.
+#ifndef SINKSERVE_SERVICE_SERVER_CHAT_TURN_H_
+#define SINKSERVE_SERVICE_SERVER_CHAT_TURN_H_
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/generator.h"
+#include "engine/sampler.h"
+#include "engine/session.h"
+#include "service/metrics.h"
+#include "service/server/scheduler.h"
+#include "service/server/serving_model.h"
+#include "service/server/session_manager.h"
+#include "sinkserve/v1/sinkserve.pb.h"
+
+namespace sinkserve::service {
+
+// Where a turn's responses go (the Chat stream). Called on the scheduler
+// thread; implementations are thread-safe.
+class TurnOutput {
+ public:
+  virtual ~TurnOutput() = default;
+  // Room for one more response in the bounded buffer.
+  virtual bool HasRoom() const = 0;
+  // The client cancelled the turn, or the stream is gone.
+  virtual bool CancelRequested() const = 0;
+  // Queues a response (dropped once the stream is gone).
+  virtual void Send(v1::ChatResponse response) = 0;
+  // The turn is over: OK with its TurnEnd response (queued as the turn is
+  // marked over, so a client answering TurnEnd at once finds the stream
+  // free), or the error that ended it (`turn_end` null).
+  virtual void TurnEnded(const absl::Status& status, v1::ChatResponse* turn_end) = 0;
+};
+
+struct ChatTurnLimits {
+  // Prompt tokens one turn may add (the formatted message); more is
+  // RESOURCE_EXHAUSTED. Default: 8192.
+  int max_prompt_tokens = 8192;
+  // Tokens generated when the turn does not say. Default: 256.
+  int default_max_tokens = 256;
+  // Most tokens a turn may ask for. Default: 8192.
+  int max_tokens_limit = 8192;
+};
+
+struct ChatTurnContext {
+  ServingModel* model = nullptr;
+  SessionManager* sessions = nullptr;
+  Metrics* metrics = nullptr;  // may be null
+  ChatTurnLimits limits;
+};
+
+class ChatTurn : public ScheduledTurn {
+ public:
+  // Validates and tokenizes the turn and starts its driver. INVALID_ARGUMENT
+  // (empty text, bad settings), RESOURCE_EXHAUSTED (prompt over the limit).
+  static absl::StatusOr<std::unique_ptr<ChatTurn>> Create(
+      const ChatTurnContext& context, engine::Session* session, const v1::UserTurn& request,
+      std::shared_ptr<TurnOutput> output, std::chrono::steady_clock::time_point received);
+
+  engine::TurnDriver& driver() override { return *driver_; }
+  bool HasRoom() const override { return output_->HasRoom(); }
+  bool CancelRequested() const override { return output_->CancelRequested(); }
+  void OnStep() override { Flush(); }
+  void OnEnd(const absl::Status& status) override;
+
+ private:
+  ChatTurn(const ChatTurnContext& context, engine::Session* session,
+           std::shared_ptr<TurnOutput> output);
+  // Sends the tokens and text gathered since the last delta.
+  void Flush();
+
+  ChatTurnContext context_;
+  engine::Session* session_;
+  std::shared_ptr<TurnOutput> output_;
+  bool want_logprobs_ = false;
+  engine::GeneratorOptions options_;
+  engine::GeneratorCallbacks callbacks_;
+  // This turn's sampler when it overrides the session's settings; it carries
+  // the session sampler's RNG and penalty window in and back out.
+  std::unique_ptr<engine::Sampler> override_sampler_;
+  std::unique_ptr<engine::TurnDriver> driver_;
+
+  v1::TokenDelta delta_;  // gathered since the last Flush
+  std::chrono::steady_clock::time_point received_;
+  std::optional<std::chrono::steady_clock::time_point> first_token_;
+  std::chrono::steady_clock::time_point last_token_;
+};
+
+}  // namespace sinkserve::service
+
+#endif  // SINKSERVE_SERVICE_SERVER_CHAT_TURN_H_

@@ -1,0 +1,216 @@
+#include "service/server/scheduler.h"
+
+#include <condition_variable>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/cpu_backend.h"
+#include "engine/generator.h"
+#include "engine/model_weights.h"
+#include "engine/sampler.h"
+#include "engine/sequence.h"
+#include "engine/tokenizer.h"
+#include "gtest/gtest.h"
+#include "memory/cache_policy.h"
+
+namespace sinkserve::service {
+namespace {
+
+using engine::GenerationStats;
+using engine::GeneratorCallbacks;
+using engine::GeneratorOptions;
+using engine::Sampler;
+using engine::SamplerOptions;
+using engine::Sequence;
+
+// One turn for the scheduler, recording its tokens; `room_every` > 1 makes
+// its reader lag (HasRoom true one call in room_every).
+class RecordingTurn : public ScheduledTurn {
+ public:
+  RecordingTurn(Sequence* seq, const engine::Tokenizer& tokenizer, Sampler* sampler,
+                GeneratorOptions options, int room_every, bool cancel_after_first)
+      : options_(std::move(options)),
+        room_every_(room_every),
+        cancel_after_first_(cancel_after_first) {
+    callbacks_.on_token = [this](int32_t id) {
+      tokens.push_back(id);
+      return true;
+    };
+    driver_ = std::make_unique<engine::TurnDriver>(*seq, tokenizer, *sampler, options_, callbacks_);
+  }
+
+  engine::TurnDriver& driver() override { return *driver_; }
+  bool HasRoom() const override { return ++room_calls_ % room_every_ == 0; }
+  bool CancelRequested() const override { return cancel_after_first_ && !tokens.empty(); }
+  void OnStep() override { ++steps; }
+  // The scheduler destroys the turn right after: results go to `result`.
+  void OnEnd(const absl::Status& s) override {
+    std::lock_guard<std::mutex> lock(*mu);
+    result->status = s;
+    result->stats = driver_->stats();
+    result->tokens.insert(result->tokens.end(), tokens.begin(), tokens.end());
+    ++*ended;
+    cv->notify_all();
+  }
+
+  struct Result {
+    std::vector<int32_t> tokens;
+    absl::Status status;
+    GenerationStats stats;
+  };
+  std::vector<int32_t> tokens;
+  int steps = 0;
+  Result* result = nullptr;
+  std::mutex* mu = nullptr;
+  std::condition_variable* cv = nullptr;
+  int* ended = nullptr;
+
+ private:
+  GeneratorOptions options_;
+  GeneratorCallbacks callbacks_;
+  std::unique_ptr<engine::TurnDriver> driver_;
+  int room_every_;
+  mutable int room_calls_ = 0;
+  bool cancel_after_first_;
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* shared = std::getenv("SINKSERVE_SHARED");
+    if (shared == nullptr) GTEST_SKIP() << "SINKSERVE_SHARED not set";
+    auto weights = engine::ModelWeights::Load(std::string(shared) + "/models/stories260K.gguf");
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    auto tokenizer = engine::Tokenizer::FromGguf((*weights)->file());
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    tokenizer_ = std::move(*tokenizer);
+    auto backend = engine::NewCpuBackend(*weights, {1});
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    backend_ = std::move(*backend);
+  }
+
+  std::unique_ptr<Sequence> NewSequence() {
+    engine::SequenceOptions options;
+    options.policy = *memory::PolicyConfig::Parse("streaming(4,28)");
+    options.max_step_tokens = 8;  // prompts take several prefill chunks
+    auto seq = Sequence::Create(backend_.get(), options);
+    EXPECT_TRUE(seq.ok()) << seq.status();
+    return std::move(*seq);
+  }
+
+  std::vector<int32_t> Prompt(int i) {
+    const char* texts[] = {"Once upon a time", "Tom had a big red ball and a dog", "The sun",
+                           "Lily and Ben went to the park to play"};
+    engine::EncodeOptions encode;
+    encode.add_bos = true;
+    auto ids = tokenizer_->Encode(std::string(texts[i % 4]) + std::string(i / 4, ','), encode);
+    EXPECT_TRUE(ids.ok());
+    return *ids;
+  }
+
+  static SamplerOptions Sampling(int i) {
+    SamplerOptions s;
+    s.temperature = i % 2 == 0 ? 0.0f : 0.9f;  // greedy and seeded sampling
+    s.seed = 100 + i;
+    return s;
+  }
+
+  std::unique_ptr<engine::Tokenizer> tokenizer_;
+  std::unique_ptr<engine::Backend> backend_;
+};
+
+// Many turns batched by the scheduler give every sequence exactly the tokens
+// RunTurn gives it alone, over two turns each (the second starts from the
+// first's pending token), with prefill chunks and decode steps mixed in one
+// batch and lagging readers skipping steps.
+TEST_F(SchedulerTest, BatchedTurnsEqualTurnsAlone) {
+  constexpr int kTurns = 12;
+  GeneratorOptions options;
+  options.max_tokens = 40;
+  options.stop_at_end_of_text = false;
+
+  std::vector<std::vector<int32_t>> alone(kTurns);
+  for (int i = 0; i < kTurns; ++i) {
+    auto seq = NewSequence();
+    Sampler sampler(Sampling(i));
+    GeneratorCallbacks callbacks;
+    callbacks.on_token = [&](int32_t id) {
+      alone[i].push_back(id);
+      return true;
+    };
+    ASSERT_TRUE(engine::RunTurn(*seq, *tokenizer_, Prompt(i), sampler, options, callbacks).ok());
+    ASSERT_TRUE(
+        engine::RunTurn(*seq, *tokenizer_, Prompt(i + 1), sampler, options, callbacks).ok());
+  }
+
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  std::vector<std::unique_ptr<Sampler>> samplers;
+  for (int i = 0; i < kTurns; ++i) {
+    seqs.push_back(NewSequence());
+    samplers.push_back(std::make_unique<Sampler>(Sampling(i)));
+  }
+  std::vector<std::vector<int32_t>> batched(kTurns);
+  Scheduler scheduler(backend_.get(), SchedulerOptions{});
+  for (int round = 0; round < 2; ++round) {
+    std::mutex mu;
+    std::condition_variable cv;
+    int ended = 0;
+    std::vector<RecordingTurn::Result> results(kTurns);
+    for (int i = 0; i < kTurns; ++i) {
+      auto turn =
+          std::make_unique<RecordingTurn>(seqs[i].get(), *tokenizer_, samplers[i].get(), options,
+                                          /*room_every=*/1 + i % 3, false);
+      ASSERT_TRUE(turn->driver().Start(Prompt(i + round)).ok());
+      turn->mu = &mu;
+      turn->cv = &cv;
+      turn->ended = &ended;
+      turn->result = &results[i];
+      scheduler.Post([&scheduler, t = turn.release()] {
+        scheduler.AddTurn(std::unique_ptr<ScheduledTurn>(t));
+      });
+    }
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return ended == kTurns; });
+    for (int i = 0; i < kTurns; ++i) {
+      EXPECT_TRUE(results[i].status.ok()) << results[i].status;
+      batched[i].insert(batched[i].end(), results[i].tokens.begin(), results[i].tokens.end());
+    }
+  }
+  for (int i = 0; i < kTurns; ++i) EXPECT_EQ(batched[i], alone[i]) << "sequence " << i;
+  SchedulerStats stats = scheduler.stats();
+  EXPECT_GT(stats.turns_stepped, stats.steps) << "turns were never batched";
+}
+
+TEST_F(SchedulerTest, CancelEndsTheTurnAtOnce) {
+  GeneratorOptions options;
+  options.max_tokens = 100000;
+  options.stop_at_end_of_text = false;
+  auto seq = NewSequence();
+  Sampler sampler(Sampling(0));
+  std::mutex mu;
+  std::condition_variable cv;
+  int ended = 0;
+  Scheduler scheduler(backend_.get(), SchedulerOptions{});
+  auto turn = std::make_unique<RecordingTurn>(seq.get(), *tokenizer_, &sampler, options, 1,
+                                              /*cancel_after_first=*/true);
+  ASSERT_TRUE(turn->driver().Start(Prompt(0)).ok());
+  turn->mu = &mu;
+  turn->cv = &cv;
+  turn->ended = &ended;
+  RecordingTurn::Result result;
+  turn->result = &result;
+  scheduler.Post(
+      [&scheduler, t = turn.release()] { scheduler.AddTurn(std::unique_ptr<ScheduledTurn>(t)); });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return ended == 1; });
+  EXPECT_EQ(result.stats.stop, engine::StopReason::kCancelled);
+  EXPECT_EQ(result.stats.generated_tokens, 1);
+  // The sampled token stays pending: the conversation keeps it.
+  EXPECT_EQ(seq->pending().size(), 1u);
+}
+
+}  // namespace
+}  // namespace sinkserve::service

@@ -1,0 +1,119 @@
+#include "service/server/server.h"
+
+#include <chrono>
+#include <future>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "memory/status_macros.h"
+#include "service/server/log.h"
+
+namespace sinkserve::service {
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const ServerOptions& options,
+    const std::function<void(int port, int metrics_port)>& on_listening) {
+  if (options.db.empty()) return absl::InvalidArgumentError("--db is required");
+  auto server = std::unique_ptr<Server>(new Server());
+  MetricsOptions metrics_options;
+  metrics_options.listen_address = options.metrics_listen;
+  SINKSERVE_ASSIGN_OR_RETURN(server->metrics_, Metrics::Create(metrics_options));
+
+  // Listen first with health NOT_SERVING, so orchestrators see the process
+  // alive but not ready while a large model loads.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  server->service_ = std::make_unique<SinkServeService>(server->metrics_.get());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->service_.get());
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  if (on_listening) on_listening(server->port_, server->metrics_->port());
+
+  SINKSERVE_ASSIGN_OR_RETURN(server->model_, ServingModel::Load(options.model));
+  memory::RocksDbSessionStoreOptions store_options;
+  store_options.sync = options.sync;
+  SINKSERVE_ASSIGN_OR_RETURN(server->store_,
+                             memory::RocksDbSessionStore::Open(options.db, store_options));
+  SINKSERVE_ASSIGN_OR_RETURN(server->sessions_,
+                             SessionManager::Create(server->model_.get(), server->store_.get(),
+                                                    server->metrics_.get(), options.sessions));
+  server->scheduler_ =
+      std::make_unique<Scheduler>(server->model_->backend.get(), options.scheduler);
+
+  ServingCore core;
+  core.model = server->model_.get();
+  core.sessions = server->sessions_.get();
+  core.scheduler = server->scheduler_.get();
+  core.metrics = server->metrics_.get();
+  core.limits = options.limits;
+  server->service_->SetServing(core);
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  return server;
+}
+
+absl::Status Server::Drain(absl::Duration grace) {
+  if (drained_) return absl::OkStatus();
+  drained_ = true;
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  service_->StartDrain();
+  ServerLog("draining: waiting up to ", absl::FormatDuration(grace), " for running turns");
+
+  // Ask the scheduler thread how many turns still run, until none or the
+  // grace period is over.
+  auto active_turns = [this] {
+    std::promise<int> promise;
+    std::future<int> future = promise.get_future();
+    scheduler_->Post([&] { promise.set_value(scheduler_->active_turns()); });
+    return future.get();
+  };
+  const absl::Time deadline = absl::Now() + grace;
+  int active = active_turns();
+  while (active > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+    active = active_turns();
+  }
+  if (active > 0) ServerLog("grace period over: cancelling ", active, " turns");
+
+  // Cancel what is left (it ends at the scheduler's next step), then
+  // checkpoint everything, on the scheduler thread.
+  scheduler_->Post([this] { scheduler_->CancelAll(); });
+  while (active_turns() > 0) absl::SleepFor(absl::Milliseconds(5));
+  std::promise<absl::Status> saved;
+  std::future<absl::Status> saved_status = saved.get_future();
+  scheduler_->Post([&] { saved.set_value(sessions_->CheckpointAll()); });
+  absl::Status status = saved_status.get();
+  if (!status.ok()) ServerLog("checkpoint during drain failed: ", status.ToString());
+
+  service_->StartDrain();  // streams whose turn just ended
+  grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  scheduler_->Stop();
+  if (absl::Status flushed = store_->Flush(); !flushed.ok()) {
+    ServerLog("store flush failed: ", flushed.ToString());
+  }
+  const SchedulerStats stats = scheduler_->stats();
+  ServerLog("drained (", stats.steps, " batched steps, ", stats.turns_stepped,
+            " turn steps: mean batch ",
+            stats.steps > 0 ? static_cast<double>(stats.turns_stepped) / stats.steps : 0.0,
+            ")");
+  return status;
+}
+
+Server::~Server() {
+  if (grpc_server_ != nullptr) {
+    grpc_server_->Shutdown(std::chrono::system_clock::now());
+    grpc_server_->Wait();
+  }
+  if (scheduler_ != nullptr) scheduler_->Stop();
+}
+
+}  // namespace sinkserve::service

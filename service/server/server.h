@@ -1,0 +1,78 @@
+// Server: the whole `sinkserve serve` process minus flag parsing. Starts the
+// gRPC server (SinkServe + grpc.health.v1 + reflection) at once with health
+// NOT_SERVING, loads the model and opens the store, then turns SERVING.
+// Drain() is the SIGTERM path.
+#ifndef SINKSERVE_SERVICE_SERVER_SERVER_H_
+#define SINKSERVE_SERVICE_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "memory/rocksdb_session_store.h"
+#include "service/metrics.h"
+#include "service/server/scheduler.h"
+#include "service/server/serving_model.h"
+#include "service/server/session_manager.h"
+#include "service/server/sinkserve_service.h"
+
+namespace sinkserve::service {
+
+struct ServerOptions {
+  // Default: "" (required).
+  ServingModelOptions model;
+  // Session store directory, created if missing. Default: "" (required).
+  std::string db;
+  // gRPC address; port 0 picks a free one (see Server::port()).
+  // Default: "127.0.0.1:50051".
+  std::string listen = "127.0.0.1:50051";
+  // Prometheus /metrics address; "" = none. Default: "".
+  std::string metrics_listen;
+  // Largest request message; gRPC refuses bigger ones with RESOURCE_EXHAUSTED.
+  // Default: 1 MiB.
+  int max_message_bytes = 1 << 20;
+  SessionManagerOptions sessions;
+  ServiceLimits limits;
+  SchedulerOptions scheduler;
+  // fsync every checkpoint (survives power loss, not only a crash).
+  // Default: true.
+  bool sync = true;
+};
+
+class Server {
+ public:
+  // Returns once the model is loaded and the server is SERVING. `on_listening`
+  // (optional) runs as soon as the port is bound, while the model loads.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const ServerOptions& options,
+      const std::function<void(int port, int metrics_port)>& on_listening = nullptr);
+  ~Server();
+
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+
+  // SIGTERM: health NOT_SERVING, refuse new work, let running turns finish
+  // for up to `grace` (then cancel them), checkpoint every dirty session,
+  // close the streams and stop. The first checkpoint error is returned.
+  absl::Status Drain(absl::Duration grace);
+
+ private:
+  Server() = default;
+
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<SinkServeService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<ServingModel> model_;
+  std::unique_ptr<memory::RocksDbSessionStore> store_;
+  std::unique_ptr<SessionManager> sessions_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int port_ = 0;
+  bool drained_ = false;
+};
+
+}  // namespace sinkserve::service
+
+#endif  // SINKSERVE_SERVICE_SERVER_SERVER_H_

@@ -1,0 +1,387 @@
+#include "service/server/session_manager.h"
+
+#include <cmath>
+#include <optional>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "memory/session_state.h"
+#include "memory/status_macros.h"
+
+namespace sinkserve::service {
+namespace {
+
+v1::PolicyKind ToProtoKind(memory::PolicyKind kind) {
+  switch (kind) {
+    case memory::PolicyKind::kFull:
+      return v1::POLICY_FULL;
+    case memory::PolicyKind::kWindow:
+      return v1::POLICY_WINDOW;
+    case memory::PolicyKind::kStreaming:
+      return v1::POLICY_STREAMING;
+    case memory::PolicyKind::kSirLlm:
+      return v1::POLICY_SIRLLM;
+    case memory::PolicyKind::kRecompute:
+      return v1::POLICY_UNSPECIFIED;  // not offered by the API
+  }
+  return v1::POLICY_UNSPECIFIED;
+}
+
+void ToProtoPolicy(const memory::PolicyConfig& policy, v1::CachePolicy* out) {
+  out->set_kind(ToProtoKind(policy.kind));
+  out->set_sinks(policy.sinks);
+  out->set_window(policy.window);
+  out->set_entropy(policy.entropy);
+  out->set_decay(policy.decay);
+}
+
+void ToProtoSampling(const engine::SamplerOptions& s, v1::SamplingParams* out) {
+  out->set_temperature(s.temperature);
+  out->set_top_k(s.top_k < 0 ? 0 : s.top_k);
+  out->set_top_p(s.top_p);
+  out->set_min_p(s.min_p);
+  out->set_repeat_penalty(s.repeat_penalty);
+  out->set_presence_penalty(s.presence_penalty);
+  out->set_seed(s.seed);
+}
+
+int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
+
+// What the store's metadata says (no sampling, template or system prompt:
+// those live in the session's opaque config until it is loaded).
+v1::SessionInfo FromStored(const memory::SessionInfo& stored) {
+  v1::SessionInfo info;
+  info.set_session_id(stored.id);
+  if (absl::StatusOr<memory::PolicyConfig> policy = memory::PolicyConfig::Parse(stored.policy);
+      policy.ok()) {
+    ToProtoPolicy(*policy, info.mutable_config()->mutable_policy());
+  }
+  info.set_cells_cached(stored.cells);
+  info.set_rounds(stored.rounds);
+  info.set_tokens_seen(stored.tokens_seen);
+  info.set_created_unix_ms(UnixMillis(stored.created_at));
+  info.set_updated_unix_ms(UnixMillis(stored.updated_at));
+  return info;
+}
+
+}  // namespace
+
+absl::StatusOr<engine::SamplerOptions> ApplySampling(const engine::SamplerOptions& base,
+                                                     const v1::SamplingParams& params) {
+  engine::SamplerOptions s = base;
+  if (params.has_temperature()) s.temperature = params.temperature();
+  if (params.has_top_k()) s.top_k = params.top_k();
+  if (params.has_top_p()) s.top_p = params.top_p();
+  if (params.has_min_p()) s.min_p = params.min_p();
+  if (params.has_repeat_penalty()) s.repeat_penalty = params.repeat_penalty();
+  if (params.has_presence_penalty()) s.presence_penalty = params.presence_penalty();
+  if (params.has_seed()) s.seed = params.seed();
+  if (!std::isfinite(s.temperature) || s.temperature < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be >= 0, got ", s.temperature));
+  }
+  if (!(s.top_p >= 0 && s.top_p <= 1) || !(s.min_p >= 0 && s.min_p <= 1)) {
+    return absl::InvalidArgumentError("top_p and min_p must be in [0, 1]");
+  }
+  if (!(s.repeat_penalty > 0) || !std::isfinite(s.repeat_penalty) ||
+      !std::isfinite(s.presence_penalty)) {
+    return absl::InvalidArgumentError("repeat_penalty must be > 0 and penalties finite");
+  }
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
+    ServingModel* model, memory::SessionStore* store, Metrics* metrics,
+    const SessionManagerOptions& options) {
+  if (options.max_sessions_in_memory < 1) {
+    return absl::InvalidArgumentError("max_sessions_in_memory must be >= 1");
+  }
+  auto manager =
+      std::unique_ptr<SessionManager>(new SessionManager(model, store, metrics, options));
+  memory::ListOptions list;
+  list.max_sessions = 10000;
+  while (true) {
+    SINKSERVE_ASSIGN_OR_RETURN(memory::ListPage page, store->List(list));
+    manager->stored_sessions_ += page.sessions.size() + page.bad.size();
+    if (page.next_start_after.empty()) break;
+    list.start_after = page.next_start_after;
+  }
+  manager->UpdateGauges();
+  return manager;
+}
+
+absl::StatusOr<engine::SessionConfig> SessionManager::EngineConfig(
+    const v1::SessionConfig& config, std::vector<std::string>* warnings) const {
+  engine::SessionConfig out;
+  const v1::CachePolicy& p = config.policy();
+  if (p.kind() == v1::POLICY_UNSPECIFIED) {
+    out.policy = options_.default_policy;
+  } else {
+    switch (p.kind()) {
+      case v1::POLICY_FULL:
+        out.policy.kind = memory::PolicyKind::kFull;
+        break;
+      case v1::POLICY_WINDOW:
+        out.policy.kind = memory::PolicyKind::kWindow;
+        break;
+      case v1::POLICY_STREAMING:
+        out.policy.kind = memory::PolicyKind::kStreaming;
+        break;
+      case v1::POLICY_SIRLLM:
+        out.policy.kind = memory::PolicyKind::kSirLlm;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat("unknown policy kind ", p.kind()));
+    }
+    out.policy.sinks = p.sinks() == 0 ? 4 : static_cast<int>(p.sinks());
+    out.policy.window = static_cast<int>(std::min<uint32_t>(p.window(), 1u << 30));
+    out.policy.entropy = static_cast<int>(std::min<uint32_t>(p.entropy(), 1u << 30));
+    out.policy.decay = p.decay() == 0 ? 1.0f : p.decay();
+  }
+  if (absl::Status s = out.policy.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("bad cache policy: ", s.message()));
+  }
+  if (std::optional<int> budget = out.policy.Budget();
+      budget.has_value() && *budget > options_.max_session_cells) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "policy ", out.policy.ToString(), " keeps ", *budget,
+        " cells; this server allows at most ", options_.max_session_cells, " per session"));
+  }
+  SINKSERVE_ASSIGN_OR_RETURN(out.sampling,
+                             ApplySampling(options_.default_sampling, config.sampling()));
+  if (options_.random_seed && !config.sampling().has_seed()) {
+    out.sampling.seed = std::random_device()() | (uint64_t{std::random_device()()} << 32);
+  }
+  absl::StatusOr<ChatTemplateSelection> selection =
+      SelectChatTemplate(config.chat_template(), model_->chat_info);
+  if (!selection.ok()) {
+    return absl::InvalidArgumentError(selection.status().message());
+  }
+  if (!selection->warning.empty()) warnings->push_back(selection->warning);
+  out.chat_template = std::string(ChatFamilyName(selection->chat_template.family));
+  out.system_prompt = config.system_prompt();
+  out.max_step_tokens = options_.max_step_tokens;
+  if (!out.policy.Budget().has_value()) {
+    const int context = model_->backend->config().context_length;
+    out.capacity = options_.full_capacity > 0 ? options_.full_capacity : context;
+    if (out.capacity <= 0 || out.capacity > options_.max_session_cells) {
+      out.capacity = options_.max_session_cells;
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<engine::Session>> SessionManager::NewSession(
+    const std::string& id, const v1::SessionConfig& config, std::vector<std::string>* warnings) {
+  SINKSERVE_ASSIGN_OR_RETURN(engine::SessionConfig engine_config, EngineConfig(config, warnings));
+  if (options_.max_sessions > 0 && stored_sessions_ >= options_.max_sessions) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the server holds its limit of ", options_.max_sessions, " sessions"));
+  }
+  SINKSERVE_RETURN_IF_ERROR(MakeRoom());
+  SINKSERVE_ASSIGN_OR_RETURN(
+      std::unique_ptr<engine::Session> session,
+      engine::Session::Create(id, model_->backend.get(), model_->fingerprint, engine_config));
+  // Durable from the start: a created session is listed and survives restarts.
+  SINKSERVE_RETURN_IF_ERROR(Checkpoint(session.get()));
+  ++stored_sessions_;
+  return session;
+}
+
+absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool create_if_missing,
+                                                    const v1::SessionConfig& config) {
+  SINKSERVE_RETURN_IF_ERROR(memory::ValidateSessionId(id));
+  AttachResult result;
+  if (auto it = sessions_.find(id); it != sessions_.end()) {
+    if (it->second.attached) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("session ", id, " is attached to another stream"));
+    }
+    it->second.attached = true;
+    lru_.erase(it->second.lru);
+    result.session = it->second.session.get();
+    return result;
+  }
+  absl::StatusOr<memory::LoadedSession> loaded = store_->Load(id, model_->fingerprint);
+  if (loaded.ok()) {
+    SINKSERVE_RETURN_IF_ERROR(MakeRoom());
+    SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Session> session,
+                               engine::Session::Restore(model_->backend.get(), model_->fingerprint,
+                                                        std::move(loaded->state), loaded->version));
+    result.session = session.get();
+    result.restored = true;
+    Insert(std::move(session), /*attached=*/true);
+    return result;
+  }
+  if (loaded.status().code() != absl::StatusCode::kNotFound) return loaded.status();
+  if (!create_if_missing) {
+    return absl::NotFoundError(absl::StrCat("no session ", id));
+  }
+  SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Session> session,
+                             NewSession(id, config, &result.warnings));
+  result.session = session.get();
+  result.created = true;
+  Insert(std::move(session), /*attached=*/true);
+  return result;
+}
+
+void SessionManager::Detach(const std::string& id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || !it->second.attached) return;
+  it->second.attached = false;
+  it->second.lru = lru_.insert(lru_.end(), id);
+  // Over the limit while everything was attached: shrink now.
+  if (static_cast<int>(sessions_.size()) > options_.max_sessions_in_memory) {
+    (void)MakeRoom();
+  }
+}
+
+absl::StatusOr<v1::SessionInfo> SessionManager::CreateDetached(const std::string& id,
+                                                               const v1::SessionConfig& config) {
+  SINKSERVE_RETURN_IF_ERROR(memory::ValidateSessionId(id));
+  SINKSERVE_ASSIGN_OR_RETURN(bool exists, store_->Exists(id));
+  if (exists || sessions_.count(id) > 0) {
+    return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));
+  }
+  std::vector<std::string> warnings;
+  SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Session> session,
+                             NewSession(id, config, &warnings));
+  v1::SessionInfo info = InfoOf(*session);
+  Insert(std::move(session), /*attached=*/false);
+  return info;
+}
+
+absl::StatusOr<v1::SessionInfo> SessionManager::Info(const std::string& id) const {
+  SINKSERVE_RETURN_IF_ERROR(memory::ValidateSessionId(id));
+  if (auto it = sessions_.find(id); it != sessions_.end()) return InfoOf(*it->second.session);
+  absl::StatusOr<memory::SessionInfo> stored = store_->Info(id);
+  if (!stored.ok()) {
+    if (stored.status().code() == absl::StatusCode::kNotFound) {
+      return absl::NotFoundError(absl::StrCat("no session ", id));
+    }
+    return stored.status();
+  }
+  return FromStored(*stored);
+}
+
+absl::StatusOr<v1::ListSessionsResponse> SessionManager::List(
+    const v1::ListSessionsRequest& request) const {
+  memory::ListOptions list;
+  list.start_after = request.page_token();
+  list.max_sessions =
+      request.page_size() == 0 ? 100 : std::min<uint32_t>(request.page_size(), 10000);
+  SINKSERVE_ASSIGN_OR_RETURN(memory::ListPage page, store_->List(list));
+  v1::ListSessionsResponse response;
+  for (const memory::SessionInfo& stored : page.sessions) {
+    auto it = sessions_.find(stored.id);
+    *response.add_sessions() =
+        it != sessions_.end() ? InfoOf(*it->second.session) : FromStored(stored);
+  }
+  response.set_next_page_token(page.next_start_after);
+  return response;
+}
+
+absl::Status SessionManager::Delete(const std::string& id) {
+  SINKSERVE_RETURN_IF_ERROR(memory::ValidateSessionId(id));
+  bool in_memory = false;
+  if (auto it = sessions_.find(id); it != sessions_.end()) {
+    if (it->second.attached) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("session ", id, " is attached to a stream"));
+    }
+    lru_.erase(it->second.lru);
+    sessions_.erase(it);
+    in_memory = true;
+  }
+  absl::Status s = store_->Delete(id);
+  if (s.ok()) --stored_sessions_;
+  if (s.code() == absl::StatusCode::kNotFound) {
+    s = in_memory ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no session ", id));
+  }
+  UpdateGauges();
+  return s;
+}
+
+absl::Status SessionManager::Checkpoint(engine::Session* session) {
+  if (!session->dirty()) return absl::OkStatus();
+  SINKSERVE_ASSIGN_OR_RETURN(memory::CheckpointResult result, session->Checkpoint(store_));
+  if (metrics_ != nullptr) {
+    metrics_->ObserveCheckpoint(absl::ToDoubleSeconds(result.latency),
+                                static_cast<int64_t>(result.bytes_written));
+    UpdateGauges();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SessionManager::CheckpointAll() {
+  absl::Status first;
+  for (auto& [id, entry] : sessions_) {
+    absl::Status s = Checkpoint(entry.session.get());
+    if (first.ok() && !s.ok()) first = s;
+  }
+  return first;
+}
+
+absl::Status SessionManager::MakeRoom() {
+  while (static_cast<int>(sessions_.size()) >= options_.max_sessions_in_memory) {
+    if (lru_.empty()) {
+      return absl::ResourceExhaustedError(absl::StrCat("all ", sessions_.size(),
+                                                       " sessions in memory are attached (limit ",
+                                                       options_.max_sessions_in_memory, ")"));
+    }
+    auto it = sessions_.find(lru_.front());
+    // A session that cannot be checkpointed stays: dropping it would lose turns.
+    SINKSERVE_RETURN_IF_ERROR(Checkpoint(it->second.session.get()));
+    lru_.pop_front();
+    sessions_.erase(it);
+  }
+  UpdateGauges();
+  return absl::OkStatus();
+}
+
+void SessionManager::Insert(std::unique_ptr<engine::Session> session, bool attached) {
+  std::string id = session->id();
+  Entry& entry = sessions_[id];
+  entry.session = std::move(session);
+  entry.attached = attached;
+  if (!attached) entry.lru = lru_.insert(lru_.end(), id);
+  UpdateGauges();
+}
+
+void SessionManager::UpdateGauges() const {
+  if (metrics_ == nullptr) return;
+  metrics_->SetSessionsInMemory(sessions_.size());
+  metrics_->SetSessionsInStore(stored_sessions_);
+  int64_t cells = 0;
+  for (const auto& [id, entry] : sessions_) cells += entry.session->sequence().cache().size();
+  metrics_->SetCacheCells(cells);
+}
+
+v1::SessionInfo SessionManager::InfoOf(const engine::Session& session) const {
+  v1::SessionInfo info;
+  info.set_session_id(session.id());
+  const engine::SessionConfig& c = session.config();
+  ToProtoPolicy(c.policy, info.mutable_config()->mutable_policy());
+  ToProtoSampling(c.sampling, info.mutable_config()->mutable_sampling());
+  info.mutable_config()->set_system_prompt(c.system_prompt);
+  info.mutable_config()->set_chat_template(c.chat_template);
+  info.set_chat_template(c.chat_template);
+  const memory::KvCache& cache = session.sequence().cache();
+  info.set_cells_cached(cache.size());
+  info.set_rounds(session.rounds());
+  info.set_tokens_seen(cache.tokens_seen());
+  info.set_created_unix_ms(UnixMillis(session.created_at()));
+  info.set_updated_unix_ms(UnixMillis(session.updated_at()));
+  return info;
+}
+
+absl::StatusOr<ChatTemplate> SessionManager::TemplateOf(const engine::Session& session) const {
+  SINKSERVE_ASSIGN_OR_RETURN(ChatTemplateSelection selection,
+                             SelectChatTemplate(session.config().chat_template, model_->chat_info));
+  return selection.chat_template;
+}
+
+}  // namespace sinkserve::service

@@ -1,0 +1,121 @@
+#include "service/server/sinkserve_service.h"
+
+#include <utility>
+#include <vector>
+
+#include "service/server/chat_stream.h"
+#include "service/server/status_util.h"
+
+namespace sinkserve::service {
+
+void SinkServeService::SetServing(const ServingCore& core) {
+  core_ = core;
+  state_.store(kServing);
+}
+
+void SinkServeService::StartDrain() {
+  state_.store(kDraining);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (ChatStream* stream : streams_) stream->Drain();
+}
+
+int SinkServeService::open_streams() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(streams_.size());
+}
+
+void SinkServeService::Unregister(ChatStream* stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  streams_.erase(stream);
+}
+
+void SinkServeService::CountError(const grpc::Status& status) const {
+  if (metrics_ != nullptr && !status.ok()) {
+    metrics_->IncError(StatusCodeName(static_cast<absl::StatusCode>(status.error_code())));
+  }
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SinkServeService::Chat(
+    grpc::CallbackServerContext* context) {
+  // Registered before it can start a read, so a drain never misses it.
+  std::lock_guard<std::mutex> lock(mu_);
+  ChatStream* stream = ChatStream::Start(this);
+  streams_.insert(stream);
+  return stream;
+}
+
+bool SinkServeService::RefuseUnlessServing(grpc::ServerUnaryReactor* reactor, bool allow_draining) {
+  const int state = state_.load();
+  if (state == kServing || (allow_draining && state == kDraining)) return false;
+  grpc::Status status(grpc::StatusCode::UNAVAILABLE, state == kLoading
+                                                         ? "the server is still loading its model"
+                                                         : "the server is shutting down");
+  CountError(status);
+  reactor->Finish(status);
+  return true;
+}
+
+void SinkServeService::RunUnary(grpc::ServerUnaryReactor* reactor,
+                                std::function<absl::Status()> work) {
+  core_.scheduler->Post([this, reactor, work = std::move(work)] {
+    grpc::Status status = ToGrpcStatus(work());
+    CountError(status);
+    reactor->Finish(status);
+  });
+}
+
+grpc::ServerUnaryReactor* SinkServeService::CreateSession(grpc::CallbackServerContext* context,
+                                                          const v1::CreateSessionRequest* request,
+                                                          v1::SessionInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
+  RunUnary(reactor, [this, request, response]() -> absl::Status {
+    absl::StatusOr<v1::SessionInfo> info =
+        core_.sessions->CreateDetached(request->session_id(), request->config());
+    if (!info.ok()) return info.status();
+    *response = std::move(*info);
+    return absl::OkStatus();
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SinkServeService::GetSession(grpc::CallbackServerContext* context,
+                                                       const v1::GetSessionRequest* request,
+                                                       v1::SessionInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseUnlessServing(reactor, /*allow_draining=*/true)) return reactor;
+  RunUnary(reactor, [this, request, response]() -> absl::Status {
+    absl::StatusOr<v1::SessionInfo> info = core_.sessions->Info(request->session_id());
+    if (!info.ok()) return info.status();
+    *response = std::move(*info);
+    return absl::OkStatus();
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SinkServeService::ListSessions(grpc::CallbackServerContext* context,
+                                                         const v1::ListSessionsRequest* request,
+                                                         v1::ListSessionsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseUnlessServing(reactor, /*allow_draining=*/true)) return reactor;
+  RunUnary(reactor, [this, request, response]() -> absl::Status {
+    absl::StatusOr<v1::ListSessionsResponse> page = core_.sessions->List(*request);
+    if (!page.ok()) return page.status();
+    *response = std::move(*page);
+    return absl::OkStatus();
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SinkServeService::DeleteSession(grpc::CallbackServerContext* context,
+                                                          const v1::DeleteSessionRequest* request,
+                                                          v1::DeleteSessionResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
+  RunUnary(reactor, [this, request]() -> absl::Status {
+    return core_.sessions->Delete(request->session_id());
+  });
+  return reactor;
+}
+
+}  // namespace sinkserve::service

@@ -1,0 +1,102 @@
+// SinkServeService: the sinkserve.v1.SinkServe gRPC service on the callback
+// API. Each Chat stream is a ChatStream reactor; the unary admin RPCs post
+// their work to the scheduler thread (which owns the sessions) and finish
+// from there.
+//
+// Life cycle: loading (every RPC is UNAVAILABLE) -> serving -> draining (new
+// streams, opens, turns and creations are UNAVAILABLE; running turns finish,
+// then their streams end with UNAVAILABLE, a retryable code).
+#ifndef SINKSERVE_SERVICE_SERVER_SINKSERVE_SERVICE_H_
+#define SINKSERVE_SERVICE_SERVER_SINKSERVE_SERVICE_H_
+
+#include <atomic>
+#include <mutex>
+#include <set>
+
+#include "service/metrics.h"
+#include "service/server/chat_turn.h"
+#include "service/server/scheduler.h"
+#include "service/server/serving_model.h"
+#include "service/server/session_manager.h"
+#include "sinkserve/v1/sinkserve.grpc.pb.h"
+
+namespace sinkserve::service {
+
+class ChatStream;
+
+struct ServiceLimits {
+  ChatTurnLimits turn;
+  // Responses a stream may have queued for a slow reader before its turn
+  // pauses. Default: 32.
+  int stream_buffer = 32;
+};
+
+// What the service runs on once the model has loaded. Pointers outlive the
+// service's serving phase.
+struct ServingCore {
+  ServingModel* model = nullptr;
+  SessionManager* sessions = nullptr;  // scheduler thread only
+  Scheduler* scheduler = nullptr;
+  Metrics* metrics = nullptr;  // may be null
+  ServiceLimits limits;
+};
+
+// Chat is registered raw (bytes in, bytes out) so that ChatStream parses
+// requests itself; the admin RPCs use the generated callback methods.
+using SinkServeServiceBase =
+    v1::SinkServe::WithRawCallbackMethod_Chat<v1::SinkServe::WithCallbackMethod_CreateSession<
+        v1::SinkServe::WithCallbackMethod_GetSession<v1::SinkServe::WithCallbackMethod_ListSessions<
+            v1::SinkServe::WithCallbackMethod_DeleteSession<v1::SinkServe::Service>>>>>;
+
+class SinkServeService final : public SinkServeServiceBase {
+ public:
+  explicit SinkServeService(Metrics* metrics) : metrics_(metrics) {}
+
+  // loading -> serving.
+  void SetServing(const ServingCore& core);
+  // serving -> draining; finishes idle streams with UNAVAILABLE.
+  void StartDrain();
+  bool serving() const { return state_.load() == kServing; }
+  bool draining() const { return state_.load() == kDraining; }
+  int open_streams() const;
+
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Chat(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
+                                          const v1::CreateSessionRequest* request,
+                                          v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const v1::GetSessionRequest* request,
+                                       v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
+                                         const v1::ListSessionsRequest* request,
+                                         v1::ListSessionsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* context,
+                                          const v1::DeleteSessionRequest* request,
+                                          v1::DeleteSessionResponse* response) override;
+
+  // For ChatStream.
+  const ServingCore& core() const { return core_; }
+  Metrics* metrics() const { return metrics_; }
+  void Unregister(ChatStream* stream);
+  void CountError(const grpc::Status& status) const;
+
+ private:
+  enum State { kLoading, kServing, kDraining };
+
+  // Finishes `reactor` with UNAVAILABLE unless serving (or, with
+  // `allow_draining`, draining); true when it did.
+  bool RefuseUnlessServing(grpc::ServerUnaryReactor* reactor, bool allow_draining);
+  // Runs `work` on the scheduler thread and finishes `reactor` with its status.
+  void RunUnary(grpc::ServerUnaryReactor* reactor, std::function<absl::Status()> work);
+
+  std::atomic<int> state_{kLoading};
+  ServingCore core_;  // set before state_ becomes kServing
+  Metrics* metrics_;
+  mutable std::mutex mu_;
+  std::set<ChatStream*> streams_;  // guarded by mu_
+};
+
+}  // namespace sinkserve::service
+
+#endif  // SINKSERVE_SERVICE_SERVER_SINKSERVE_SERVICE_H_

@@ -1,0 +1,165 @@
+"""Helpers of the server end-to-end tests: Python stubs generated from the
+proto at test time (Debian's protoc + grpc_python_plugin), a real
+`sinkserve serve` process on a loopback port, and a small Chat stream client.
+
+Environment: SINKSERVE_BIN (the CMake build directory), SINKSERVE_SHARED
+(models/stories260K.gguf), SINKSERVE_PROTO_ROOT (default: proto/ here).
+"""
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("SINKSERVE_BIN", os.path.join(ROOT, "build"))
+SHARED = os.environ.get("SINKSERVE_SHARED", os.path.join(ROOT, "..", "shared"))
+SINKSERVE = os.path.join(BIN, "service", "sinkserve")
+MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+MAKE_MODEL = os.path.join(BIN, "tests", "make_synthetic_model")
+EXAMPLE_CLIENT = os.path.join(ROOT, "examples", "python", "sinkserve_client.py")
+
+PROTO_ROOT = os.environ.get("SINKSERVE_PROTO_ROOT", os.path.join(ROOT, "proto"))
+STUBS = tempfile.mkdtemp(prefix="sinkserve-stubs-")
+subprocess.run(
+    ["protoc", "--proto_path", PROTO_ROOT,
+     "--python_out", STUBS, "--grpc_python_out", STUBS,
+     "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin",
+     os.path.join(PROTO_ROOT, "sinkserve", "v1", "sinkserve.proto")],
+    check=True)
+sys.path.insert(0, STUBS)
+from sinkserve.v1 import sinkserve_pb2 as pb  # noqa: E402
+from sinkserve.v1 import sinkserve_pb2_grpc as pb_grpc  # noqa: E402
+
+SERVING, NOT_SERVING = 1, 2
+
+
+def health(channel, timeout=2.0):
+    """grpc.health.v1.Health/Check for the whole server, without generated
+    health stubs: an empty request, and the response's field 1 (status)."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                request_serializer=lambda b: b,
+                                response_deserializer=lambda b: b)
+    response = check(b"", timeout=timeout)
+    if len(response) >= 2 and response[0] == 0x08:
+        return response[1]
+    return 0  # UNKNOWN
+
+
+class Server:
+    """`sinkserve serve` on 127.0.0.1:<free port> with a RocksDB directory."""
+
+    def __init__(self, db, *extra, model=MODEL, wait=True):
+        self.db = db
+        self.log_path = db.rstrip("/") + f".{time.time_ns()}.log"
+        self._log = open(self.log_path, "w")
+        args = [SINKSERVE, "serve", "--model", model, "--db", db,
+                "--listen", "127.0.0.1:0", "--threads", "1", "--temperature", "0",
+                "--sync=false", *extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True)
+        line = self.proc.stdout.readline()
+        if "listening on " not in line:
+            self.proc.wait(timeout=10)
+            raise RuntimeError(f"server did not start: {line!r}\n{self.log()}")
+        self.address = line.split("listening on ")[1].split()[0]
+        self.metrics_port = (int(line.split("metrics on port ")[1].rstrip(")\n"))
+                             if "metrics on port " in line else None)
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.SinkServeStub(self.channel)
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self, timeout=20):
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                if health(self.channel) == SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"server not SERVING after {timeout} s: {self.log()}")
+
+    def log(self):
+        self._log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def terminate(self, timeout=30):
+        """SIGTERM; returns the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.kill()
+        self.proc.stdout.close()
+        self.channel.close()
+        self._log.close()
+
+
+class Stream:
+    """One Chat call; requests go through a queue so that a cancel can be
+    sent while responses stream back."""
+
+    def __init__(self, stub, timeout=60):
+        self._requests = queue.Queue()
+        self.call = stub.Chat(iter(self._requests.get, None), timeout=timeout)
+
+    def send(self, **kind):
+        self._requests.put(pb.ChatRequest(**kind))
+
+    def recv(self):
+        return next(self.call)
+
+    def close(self):
+        self._requests.put(None)
+
+    def open(self, session_id, create=True, config=None):
+        self.send(open=pb.OpenSession(session_id=session_id, create_if_missing=create,
+                                      config=config))
+        response = self.recv()
+        assert response.HasField("opened"), response
+        return response.opened
+
+    def turn(self, text, max_tokens=24, **fields):
+        """Sends a turn; returns (token ids, text, TurnEnd)."""
+        self.send(turn=pb.UserTurn(text=text, max_tokens=max_tokens, **fields))
+        return self.read_turn()
+
+    def read_turn(self):
+        ids, text = [], ""
+        while True:
+            response = self.recv()
+            if response.HasField("delta"):
+                ids.extend(response.delta.token_ids)
+                text += response.delta.text
+            elif response.HasField("turn_end"):
+                return ids, text, response.turn_end
+
+    def finish(self):
+        """Half-closes and waits for the end of the call (raises on error)."""
+        self.close()
+        for _ in self.call:
+            pass
+
+
+def code_of(fn):
+    """The gRPC status code `fn` raises (None when it returns)."""
+    try:
+        fn()
+    except grpc.RpcError as e:
+        return e.code()
+    return None

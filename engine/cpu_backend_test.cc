@@ -344,15 +344,32 @@ TEST(GeneratorTest, Stories260KGreedyStopsAtEndOfText) {
   EXPECT_NE(text.find("Lily"), std::string::npos) << text;
   EXPECT_EQ(text, (*tokenizer)->Decode(ids)) << "streamed text differs from Decode";
 
-  // A stop string cuts the text before it and is not emitted.
-  options.stop_strings = {"Lily"};
+  // Without a stop string every generated token reaches on_ids, in order.
+  std::vector<int32_t> released;
+  callbacks.on_ids = [&](int32_t id) { released.push_back(id); };
+  text.clear();
+  ids.clear();
+  Sampler sampler1(greedy);
+  stats = (*generator)->Generate(bos, sampler1, options, callbacks);
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(released, ids);
+
+  // A stop string cuts the text before it and is not emitted; on_ids gets
+  // the tokens of the emitted text and none of the stop string's (" Lily"
+  // starts at a token boundary, so no token straddles it).
+  options.stop_strings = {" Lily"};
   std::string cut;
+  released.clear();
+  ids.clear();
   callbacks.on_text = [&](std::string_view piece) { cut.append(piece); };
   Sampler sampler2(greedy);
   stats = (*generator)->Generate(bos, sampler2, options, callbacks);
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->stop, StopReason::kStopString);
-  EXPECT_EQ(cut, text.substr(0, text.find("Lily")));
+  EXPECT_EQ(cut, text.substr(0, text.find(" Lily")));
+  ASSERT_LT(released.size(), ids.size());
+  EXPECT_EQ(released, std::vector<int32_t>(ids.begin(), ids.begin() + released.size()));
+  EXPECT_EQ((*tokenizer)->Decode(released), cut);
 }
 
 }  // namespace

@@ -96,6 +96,9 @@ absl::Status TurnDriver::Start(absl::Span<const int32_t> prompt) {
   prompt_.assign(prompt.begin(), prompt.end());
   evicted_before_ = seq_.cache().evicted_total();
   stats_ = GenerationStats();
+  held_ids_.clear();
+  produced_bytes_ = 0;
+  emitted_bytes_ = 0;
   stats_.prompt_tokens = prompt_.size();
   for (int32_t id : prompt_) sampler_.Accept(id);
   start_ = std::chrono::steady_clock::now();
@@ -169,11 +172,18 @@ absl::Status TurnDriver::SampleNext() {
     return absl::OkStatus();
   }
   bool hit = false;
-  Emit(PushStopFiltered(options_.stop_strings, &stop_pending_, detokenizer_->Push(id), &hit));
+  const std::string piece = detokenizer_->Push(id);
+  held_ids_.push_back({id, produced_bytes_, produced_bytes_ + static_cast<int64_t>(piece.size())});
+  produced_bytes_ += piece.size();
+  Emit(PushStopFiltered(options_.stop_strings, &stop_pending_, piece, &hit));
   if (hit) {
     stop_pending_.clear();
+    ReleaseIdsBeforeStop();
     Finish(StopReason::kStopString);
-  } else if (stats_.generated_tokens >= options_.max_tokens) {
+    return absl::OkStatus();
+  }
+  ReleaseIds(false);
+  if (stats_.generated_tokens >= options_.max_tokens) {
     Finish(StopReason::kMaxTokens);  // the last token is fed next turn
   } else if (seq_.StepLimit() == 0) {
     Finish(StopReason::kContextFull);
@@ -189,18 +199,40 @@ void TurnDriver::Cancel() {
 }
 
 void TurnDriver::Emit(const std::string& text) {
+  emitted_bytes_ += text.size();
   if (!text.empty() && callbacks_.on_text) callbacks_.on_text(text);
+}
+
+void TurnDriver::ReleaseIds(bool everything) {
+  while (!held_ids_.empty() && (everything || held_ids_.front().end <= emitted_bytes_)) {
+    if (callbacks_.on_ids) callbacks_.on_ids(held_ids_.front().id);
+    held_ids_.pop_front();
+  }
+}
+
+void TurnDriver::ReleaseIdsBeforeStop() {
+  // A token whose text straddles the stop string's start is kept: part of its
+  // text was emitted.
+  while (!held_ids_.empty() && held_ids_.front().begin < emitted_bytes_) {
+    if (callbacks_.on_ids) callbacks_.on_ids(held_ids_.front().id);
+    held_ids_.pop_front();
+  }
+  held_ids_.clear();
 }
 
 void TurnDriver::Finish(StopReason reason) {
   stats_.stop = reason;
   if (reason != StopReason::kStopString) {
     bool hit = false;
-    Emit(PushStopFiltered(options_.stop_strings, &stop_pending_, detokenizer_->Finish(), &hit));
+    const std::string tail = detokenizer_->Finish();
+    produced_bytes_ += tail.size();
+    Emit(PushStopFiltered(options_.stop_strings, &stop_pending_, tail, &hit));
     if (hit) {
       stats_.stop = StopReason::kStopString;
+      ReleaseIdsBeforeStop();
     } else {
       Emit(std::exchange(stop_pending_, std::string()));
+      ReleaseIds(true);
     }
   }
   stats_.generate_seconds = SecondsSince(start_);

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -81,6 +82,11 @@ struct GeneratorCallbacks {
   std::function<bool(int32_t id)> on_token;
   // Text as it becomes final (whole UTF-8 characters, stop strings held back).
   std::function<void(std::string_view text)> on_text;
+  // Generated ids as their text becomes final, in order, right after the
+  // on_text call that released it. Unlike on_token it leaves out the tokens
+  // whose text lies wholly in a stop string (or after it): what a client that
+  // keeps ids alongside the text should record.
+  std::function<void(int32_t id)> on_ids;
   // When set, logits of every position are computed and passed here:
   // (rows, vocab) for each forward step (prefill chunks, then one row per
   // fed-back token). Costs a vocab-wide matmul per prompt token.
@@ -151,6 +157,12 @@ class TurnDriver {
   absl::Status SampleNext();
   void Finish(StopReason reason);
   void Emit(const std::string& text);
+  // Passes to on_ids the held ids whose text is all emitted; with
+  // `everything`, the rest too.
+  void ReleaseIds(bool everything);
+  // On a stop string: passes the held ids whose text starts before the stop
+  // (already emitted) and drops the others.
+  void ReleaseIdsBeforeStop();
 
   Sequence& seq_;
   const Tokenizer& tokenizer_;
@@ -167,6 +179,16 @@ class TurnDriver {
   std::chrono::steady_clock::time_point start_;
   std::unique_ptr<StreamingDetokenizer> detokenizer_;
   std::string stop_pending_;  // text held back as a possible stop-string prefix
+  // Generated ids not yet passed to on_ids, with the byte range of their text
+  // in the detokenized reply; bytes are counted as produced and as emitted.
+  struct HeldId {
+    int32_t id;
+    int64_t begin;
+    int64_t end;
+  };
+  std::deque<HeldId> held_ids_;
+  int64_t produced_bytes_ = 0;
+  int64_t emitted_bytes_ = 0;
   GenerationStats stats_;
 };
 

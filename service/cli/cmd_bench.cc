@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "engine/cpu_backend.h"
 #include "engine/generator.h"
 #include "engine/membw.h"
 #include "engine/model_weights.h"
 #include "engine/thread_pool.h"
+#include "service/cli/backend_flags.h"
 #include "service/cli/commands.h"
 
 namespace sinkserve::cli {
@@ -72,14 +72,17 @@ class BenchSequence {
 }  // namespace
 
 int RunBench(const std::vector<std::string>& args) {
-  FlagSet flags("bench", kSynopsis,
-                {{"model", FlagKind::kString, "", "GGUF model file"},
-                 {"threads", FlagKind::kInt, "0", "CPU threads; 0 = one per core"},
-                 {"prompt-tokens", FlagKind::kInt, "512", "tokens per prefill run"},
-                 {"gen-tokens", FlagKind::kInt, "128", "tokens per decode run"},
-                 {"runs", FlagKind::kInt, "3", "repetitions; medians are reported"},
-                 {"kv-dtype", FlagKind::kString, "f32", "KV cache element type: f32, f16, bf16"}});
+  std::vector<FlagSpec> specs = {
+      {"model", FlagKind::kString, "", "GGUF model file"},
+      {"threads", FlagKind::kInt, "0", "CPU threads; 0 = one per core"},
+      {"prompt-tokens", FlagKind::kInt, "512", "tokens per prefill run"},
+      {"gen-tokens", FlagKind::kInt, "128", "tokens per decode run"},
+      {"runs", FlagKind::kInt, "3", "repetitions; medians are reported"},
+      {"kv-dtype", FlagKind::kString, "f32", "KV cache element type: f32, f16, bf16"}};
+  AddBackendFlags(&specs);
+  FlagSet flags("bench", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
+  if (int rc = CheckBackendFlag(flags, "bench"); rc >= 0) return rc;
   if (!flags.Has("model")) {
     std::cerr << "sinkserve bench: --model is required\n";
     return kExitUsage;
@@ -105,10 +108,7 @@ int RunBench(const std::vector<std::string>& args) {
   const double load_seconds = Seconds(load_start);
   const engine::ModelConfig& config = (*weights)->config();
 
-  engine::CpuBackendOptions backend_options;
-  backend_options.threads = static_cast<int>(threads);
-  backend_options.kv_dtype = *kv_dtype;
-  auto backend = engine::NewCpuBackend(*weights, backend_options);
+  auto backend = BackendFromFlags(flags, *weights, static_cast<int>(threads), *kv_dtype);
   if (!backend.ok()) return Fail("bench", backend.status());
   const int64_t capacity = std::max(prompt_tokens, gen_tokens + 1);
   auto kv = (*backend)->NewKvStorage(capacity);

@@ -16,12 +16,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "engine/cpu_backend.h"
 #include "engine/model_weights.h"
 #include "engine/sampler.h"
 #include "engine/sequence.h"
 #include "engine/tokenizer.h"
 #include "memory/status_macros.h"
+#include "service/cli/backend_flags.h"
 #include "service/cli/commands.h"
 
 namespace sinkserve::cli {
@@ -278,8 +278,10 @@ int RunBenchStream(const std::vector<std::string>& args) {
       {"report-at", FlagKind::kIntList, "",
        "long run: generated-token counts at which to report latency and RSS"},
       {"window", FlagKind::kInt, "2000", "long run: tokens each latency median covers"}};
+  AddBackendFlags(&specs);
   FlagSet flags("bench stream", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
+  if (int rc = CheckBackendFlag(flags, "bench stream"); rc >= 0) return rc;
   if (!flags.Has("model")) {
     std::cerr << "sinkserve bench stream: --model is required\n";
     return kExitUsage;
@@ -317,7 +319,8 @@ int RunBenchStream(const std::vector<std::string>& args) {
 
   auto weights = engine::ModelWeights::Load(flags.GetString("model"));
   if (!weights.ok()) return Fail("bench stream", weights.status());
-  auto backend = engine::NewCpuBackend(*weights, {static_cast<int>(flags.GetInt("threads"))});
+  auto backend = BackendFromFlags(flags, *weights, static_cast<int>(flags.GetInt("threads")),
+                                  engine::KvDtype::kF32);
   if (!backend.ok()) return Fail("bench stream", backend.status());
   if (!marks.empty()) {
     auto tokenizer = engine::Tokenizer::FromGguf((*weights)->file());

@@ -12,7 +12,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "engine/backend.h"
-#include "engine/cpu_backend.h"
 #include "engine/generator.h"
 #include "engine/model_fingerprint.h"
 #include "engine/model_weights.h"
@@ -21,6 +20,7 @@
 #include "engine/session.h"
 #include "engine/tokenizer.h"
 #include "memory/rocksdb_session_store.h"
+#include "service/cli/backend_flags.h"
 #include "service/cli/commands.h"
 #include "service/cli/policy_flags.h"
 
@@ -127,10 +127,15 @@ int RunGenerate(const std::vector<std::string>& args) {
        {"db", FlagKind::kString, "", "session store directory (with --session)"},
        {"session", FlagKind::kString, "", "persistent session id to append this turn to"},
        {"then", FlagKind::kString, "",
-        "with --session: a second turn's text, run in the same process after the first"}};
+        "with --session: a second turn's text, run in the same process after the first"},
+       {"round-tokens", FlagKind::kInt, "256",
+        "sirllm without --session: a score-decay round every R generated tokens (a "
+        "session's round is one turn)"}};
   AddPolicyFlags(&specs, "full");
+  AddBackendFlags(&specs);
   FlagSet flags("generate", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
+  if (int rc = CheckBackendFlag(flags, "generate"); rc >= 0) return rc;
   if (!flags.Has("model")) {
     std::cerr << "sinkserve generate: --model is required\n";
     return kExitUsage;
@@ -142,14 +147,19 @@ int RunGenerate(const std::vector<std::string>& args) {
   const int64_t max_tokens = flags.GetInt("max-tokens");
   const int64_t threads = flags.GetInt("threads");
   if (max_tokens < 0 || threads < 0 || flags.GetInt("batch") <= 0 ||
-      flags.GetInt("ctx-size") < 0) {
+      flags.GetInt("ctx-size") < 0 || flags.GetInt("round-tokens") <= 0) {
     std::cerr << "sinkserve generate: --max-tokens, --threads, --ctx-size must be >= 0 "
-                 "and --batch > 0\n";
+                 "and --batch, --round-tokens > 0\n";
     return kExitUsage;
   }
 
   if (flags.Has("db") != flags.Has("session")) {
     std::cerr << "sinkserve generate: --db and --session go together\n";
+    return kExitUsage;
+  }
+  if (flags.Has("round-tokens") && flags.Has("session")) {
+    std::cerr << "sinkserve generate: --round-tokens is for one-shot runs; a session's "
+                 "round is one turn\n";
     return kExitUsage;
   }
   if (flags.Has("then") && !flags.Has("session")) {
@@ -206,13 +216,18 @@ int RunGenerate(const std::vector<std::string>& args) {
     seq_options.capacity = flags.GetInt("ctx-size");
   }
 
-  engine::CpuBackendOptions backend_options;
-  backend_options.threads = static_cast<int>(threads);
-  backend_options.kv_dtype = *kv_dtype;
-  auto backend = engine::NewCpuBackend(*weights, backend_options);
+  auto backend = BackendFromFlags(flags, *weights, static_cast<int>(threads), *kv_dtype);
   if (!backend.ok()) return Fail("generate", backend.status());
   auto sequence = engine::Sequence::Create(backend->get(), seq_options);
   if (!sequence.ok()) return Fail("generate", sequence.status());
+
+  // Checked before anything reaches stdout.
+  if (!policy->Budget().has_value() &&
+      static_cast<int64_t>(prompt.size()) > (*sequence)->cache().capacity()) {
+    return Fail("generate", absl::InvalidArgumentError(absl::StrCat(
+                                "prompt of ", prompt.size(), " tokens exceeds the cache of ",
+                                (*sequence)->cache().capacity(), " cells (--ctx-size)")));
+  }
 
   engine::SamplerOptions sampling = SamplingFromFlags(flags, engine::SamplerOptions{}, true);
   const int64_t seed = static_cast<int64_t>(sampling.seed);
@@ -228,8 +243,12 @@ int RunGenerate(const std::vector<std::string>& args) {
   std::vector<int32_t> generated;
   std::vector<float> dumped;  // (n, vocab)
   engine::GeneratorCallbacks callbacks;
-  callbacks.on_token = [&](int32_t id) {
-    generated.push_back(id);
+  callbacks.on_ids = [&](int32_t id) { generated.push_back(id); };
+  // One-shot runs have no turns: SirLLM's decay rounds are every R tokens.
+  const int64_t round_tokens = flags.GetInt("round-tokens");
+  int64_t sampled = 0;
+  callbacks.on_token = [&](int32_t) {
+    if (++sampled % round_tokens == 0) (*sequence)->EndRound();
     return true;
   };
   if (!print_ids) {
@@ -244,12 +263,6 @@ int RunGenerate(const std::vector<std::string>& args) {
     };
   }
 
-  if (!policy->Budget().has_value() &&
-      static_cast<int64_t>(prompt.size()) > (*sequence)->cache().capacity()) {
-    return Fail("generate", absl::InvalidArgumentError(absl::StrCat(
-                                "prompt of ", prompt.size(), " tokens exceeds the cache of ",
-                                (*sequence)->cache().capacity(), " cells (--ctx-size)")));
-  }
   auto stats = engine::RunTurn(**sequence, **tokenizer, prompt, sampler, options, callbacks);
   if (!stats.ok()) return Fail("generate", stats.status());
   if (print_ids) {
@@ -319,10 +332,8 @@ int GenerateInSession(const FlagSet& flags, std::shared_ptr<const engine::ModelW
     }
   }
 
-  engine::CpuBackendOptions backend_options;
-  backend_options.threads = static_cast<int>(flags.GetInt("threads"));
-  backend_options.kv_dtype = dtype;
-  auto backend = engine::NewCpuBackend(weights, backend_options);
+  auto backend =
+      BackendFromFlags(flags, weights, static_cast<int>(flags.GetInt("threads")), dtype);
   if (!backend.ok()) return FailCode(backend.status());
 
   std::unique_ptr<engine::Session> session;
@@ -363,10 +374,7 @@ int GenerateInSession(const FlagSet& flags, std::shared_ptr<const engine::ModelW
   std::vector<int32_t> generated;
   std::vector<float> dumped;  // (n, vocab)
   engine::GeneratorCallbacks callbacks;
-  callbacks.on_token = [&](int32_t id) {
-    generated.push_back(id);
-    return true;
-  };
+  callbacks.on_ids = [&](int32_t id) { generated.push_back(id); };
   if (!print_ids) {
     callbacks.on_text = [](std::string_view piece) { std::cout << piece << std::flush; };
   }

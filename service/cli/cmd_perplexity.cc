@@ -9,9 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "engine/cpu_backend.h"
 #include "engine/model_weights.h"
 #include "engine/tokenizer.h"
+#include "service/cli/backend_flags.h"
 #include "service/cli/commands.h"
 #include "service/cli/perplexity_run.h"
 #include "service/cli/policy_flags.h"
@@ -60,8 +60,10 @@ int RunPerplexity(const std::vector<std::string>& args) {
       {"csv", FlagKind::kString, "", "write index,token,target,nll rows to PATH"},
       {"quiet", FlagKind::kBool, "false", "no progress on stderr"}};
   AddPolicyFlags(&specs, "full");
+  AddBackendFlags(&specs);
   FlagSet flags("perplexity", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
+  if (int rc = CheckBackendFlag(flags, "perplexity"); rc >= 0) return rc;
   if (!flags.Has("model") || !flags.Has("file")) {
     std::cerr << "sinkserve perplexity: --model and --file are required\n";
     return kExitUsage;
@@ -95,8 +97,8 @@ int RunPerplexity(const std::vector<std::string>& args) {
                                   " tokens; at least 2 are needed")));
   }
 
-  auto backend =
-      engine::NewCpuBackend(*weights, {static_cast<int>(flags.GetInt("threads"))});
+  auto backend = BackendFromFlags(flags, *weights, static_cast<int>(flags.GetInt("threads")),
+                                  engine::KvDtype::kF32);
   if (!backend.ok()) return Fail("perplexity", backend.status());
 
   PerplexityOptions options;

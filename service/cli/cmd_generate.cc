@@ -96,6 +96,36 @@ int FailCode(const absl::Status& status) {
 int GenerateInSession(const FlagSet& flags, std::shared_ptr<const engine::ModelWeights> weights,
                       const engine::Tokenizer& tokenizer);
 
+// What a run collects for --ids and --dump-logits.
+struct TurnOutput {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;  // (n, vocab)
+};
+
+engine::GeneratorOptions GeneratorOptionsFromFlags(const FlagSet& flags, int prefill_chunk) {
+  engine::GeneratorOptions options;
+  options.max_tokens = static_cast<int>(flags.GetInt("max-tokens"));
+  options.prefill_chunk = prefill_chunk;
+  if (!flags.GetString("stop").empty()) options.stop_strings.push_back(flags.GetString("stop"));
+  options.stop_at_end_of_text = !flags.GetBool("ignore-eos");
+  return options;
+}
+
+// Text to stdout as it streams (unless --ids), ids and logits into `out`.
+engine::GeneratorCallbacks CallbacksFor(const FlagSet& flags, TurnOutput* out) {
+  engine::GeneratorCallbacks callbacks;
+  callbacks.on_ids = [out](int32_t id) { out->ids.push_back(id); };
+  if (!flags.GetBool("ids")) {
+    callbacks.on_text = [](std::string_view piece) { std::cout << piece << std::flush; };
+  }
+  if (flags.Has("dump-logits")) {
+    callbacks.on_logits = [out](absl::Span<const float> logits, int64_t) {
+      out->logits.insert(out->logits.end(), logits.begin(), logits.end());
+    };
+  }
+  return callbacks;
+}
+
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& args) {
@@ -233,17 +263,11 @@ int RunGenerate(const std::vector<std::string>& args) {
   const int64_t seed = static_cast<int64_t>(sampling.seed);
   engine::Sampler sampler(sampling);
 
-  engine::GeneratorOptions options;
-  options.max_tokens = max_tokens;
-  options.prefill_chunk = flags.GetInt("batch");
-  if (!flags.GetString("stop").empty()) options.stop_strings.push_back(flags.GetString("stop"));
-  options.stop_at_end_of_text = !flags.GetBool("ignore-eos");
-
+  const engine::GeneratorOptions options =
+      GeneratorOptionsFromFlags(flags, static_cast<int>(flags.GetInt("batch")));
   const bool print_ids = flags.GetBool("ids");
-  std::vector<int32_t> generated;
-  std::vector<float> dumped;  // (n, vocab)
-  engine::GeneratorCallbacks callbacks;
-  callbacks.on_ids = [&](int32_t id) { generated.push_back(id); };
+  TurnOutput out;
+  engine::GeneratorCallbacks callbacks = CallbacksFor(flags, &out);
   // One-shot runs have no turns: SirLLM's decay rounds are every R tokens.
   const int64_t round_tokens = flags.GetInt("round-tokens");
   int64_t sampled = 0;
@@ -251,27 +275,17 @@ int RunGenerate(const std::vector<std::string>& args) {
     if (++sampled % round_tokens == 0) (*sequence)->EndRound();
     return true;
   };
-  if (!print_ids) {
-    std::cout << text << std::flush;
-    callbacks.on_text = [](std::string_view piece) {
-      std::cout << piece << std::flush;
-    };
-  }
-  if (flags.Has("dump-logits")) {
-    callbacks.on_logits = [&](absl::Span<const float> logits, int64_t) {
-      dumped.insert(dumped.end(), logits.begin(), logits.end());
-    };
-  }
+  if (!print_ids) std::cout << text << std::flush;
 
   auto stats = engine::RunTurn(**sequence, **tokenizer, prompt, sampler, options, callbacks);
   if (!stats.ok()) return Fail("generate", stats.status());
   if (print_ids) {
-    std::cout << absl::StrJoin(generated, " ") << "\n";
+    std::cout << absl::StrJoin(out.ids, " ") << "\n";
   } else {
     std::cout << "\n";
   }
   if (flags.Has("dump-logits")) {
-    if (absl::Status s = WriteLogits(flags.GetString("dump-logits"), dumped); !s.ok()) {
+    if (absl::Status s = WriteLogits(flags.GetString("dump-logits"), out.logits); !s.ok()) {
       return Fail("generate", s);
     }
   }
@@ -364,25 +378,11 @@ int GenerateInSession(const FlagSet& flags, std::shared_ptr<const engine::ModelW
               << config.sampling.seed << "\n";
   }
 
-  engine::GeneratorOptions options;
-  options.max_tokens = static_cast<int>(flags.GetInt("max-tokens"));
-  options.prefill_chunk = session->config().max_step_tokens;
-  if (!flags.GetString("stop").empty()) options.stop_strings.push_back(flags.GetString("stop"));
-  options.stop_at_end_of_text = !flags.GetBool("ignore-eos");
-
+  const engine::GeneratorOptions options =
+      GeneratorOptionsFromFlags(flags, session->config().max_step_tokens);
   const bool print_ids = flags.GetBool("ids");
-  std::vector<int32_t> generated;
-  std::vector<float> dumped;  // (n, vocab)
-  engine::GeneratorCallbacks callbacks;
-  callbacks.on_ids = [&](int32_t id) { generated.push_back(id); };
-  if (!print_ids) {
-    callbacks.on_text = [](std::string_view piece) { std::cout << piece << std::flush; };
-  }
-  if (flags.Has("dump-logits")) {
-    callbacks.on_logits = [&](absl::Span<const float> logits, int64_t) {
-      dumped.insert(dumped.end(), logits.begin(), logits.end());
-    };
-  }
+  TurnOutput out;
+  const engine::GeneratorCallbacks callbacks = CallbacksFor(flags, &out);
 
   std::vector<std::string> texts = {flags.GetString("prompt")};
   if (flags.Has("then")) texts.push_back(flags.GetString("then"));
@@ -403,11 +403,11 @@ int GenerateInSession(const FlagSet& flags, std::shared_ptr<const engine::ModelW
       }
     }
     if (!print_ids) std::cout << texts[turn] << std::flush;
-    generated.clear();
+    out.ids.clear();
     auto stats = session->Turn(tokenizer, prompt, options, callbacks, turn_sampling);
     if (!stats.ok()) return FailCode(stats.status());
     if (print_ids) {
-      std::cout << absl::StrJoin(generated, " ") << "\n";
+      std::cout << absl::StrJoin(out.ids, " ") << "\n";
     } else {
       std::cout << "\n";
     }
@@ -423,7 +423,7 @@ int GenerateInSession(const FlagSet& flags, std::shared_ptr<const engine::ModelW
         absl::ToDoubleMilliseconds(checkpoint->latency));
   }
   if (flags.Has("dump-logits")) {
-    if (absl::Status s = WriteLogits(flags.GetString("dump-logits"), dumped); !s.ok()) {
+    if (absl::Status s = WriteLogits(flags.GetString("dump-logits"), out.logits); !s.ok()) {
       return FailCode(s);
     }
   }

@@ -367,21 +367,36 @@ TEST_F(SessionTest, OtherKvDtypeIsFailedPrecondition) {
   EXPECT_THAT(std::string(restored.status().message()), HasSubstr("f16"));
 }
 
-TEST_F(SessionTest, F16SessionsContinueExactly) {
+// Half-precision caches store K/V rows in their own dtype, so a restored
+// session continues from exactly the rounded rows it had.
+class HalfKvSessionTest : public SessionTest,
+                          public ::testing::WithParamInterface<KvDtype> {};
+
+TEST_P(HalfKvSessionTest, SessionsContinueExactly) {
   CpuBackendOptions options;
   options.threads = 1;
-  options.kv_dtype = KvDtype::kF16;
-  auto f16 = NewCpuBackend(weights_, options);
-  ASSERT_TRUE(f16.ok());
-  backend_ = *std::move(f16);
+  options.kv_dtype = GetParam();
+  auto half = NewCpuBackend(weights_, options);
+  ASSERT_TRUE(half.ok()) << half.status();
+  backend_ = *std::move(half);
+  const std::string dtype(KvDtypeName(GetParam()));
   const SessionConfig config = Config(PolicyConfig{PolicyKind::kSirLlm, 4, 24, 12, 0.9f}, false);
   const Transcript one = Continuous(config);
-  const Transcript split = Split(config, "f16");
+  const Transcript split = Split(config, dtype);
+  ASSERT_EQ(one.turns.size(), static_cast<size_t>(kTurns));
+  for (const std::vector<int32_t>& turn : one.turns) EXPECT_EQ(turn.size(), 24u);
   EXPECT_EQ(one.turns, split.turns);
-  EXPECT_EQ(one.final_state.kv_shape.dtype, "f16");
+  EXPECT_EQ(one.final_state.kv_shape.dtype, dtype);
   EXPECT_EQ(one.final_state.kv_shape.dtype_bytes, 2);
+  EXPECT_GT(one.final_state.cache.evicted_total, 100);
   EXPECT_TRUE(Comparable(one.final_state) == Comparable(split.final_state));
 }
+
+INSTANTIATE_TEST_SUITE_P(KvDtypes, HalfKvSessionTest,
+                         ::testing::Values(KvDtype::kF16, KvDtype::kBF16),
+                         [](const ::testing::TestParamInfo<KvDtype>& info) {
+                           return std::string(KvDtypeName(info.param));
+                         });
 
 TEST_F(SessionTest, CreateRefusesBadInput) {
   const SessionConfig config = Config(PolicyConfig{PolicyKind::kFull}, true);

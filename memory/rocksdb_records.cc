@@ -384,11 +384,32 @@ absl::StatusOr<VerifyReport> VerifyAll(const RecordDb& db,
   return report;
 }
 
+void WriteErrorTracker::OnBackgroundError(
+    rocksdb::BackgroundErrorReason /*reason*/, rocksdb::Status* bg_error) {
+  // Soft errors (a compaction out of space) leave writes working; resuming
+  // for them would flush the memtables at every checkpoint while the disk is
+  // short.
+  if (bg_error->severity() >= rocksdb::Status::Severity::kHardError) {
+    stopping_errors_.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+void WriteErrorTracker::OnErrorRecoveryBegin(
+    rocksdb::BackgroundErrorReason /*reason*/, rocksdb::Status bg_error,
+    bool* auto_recovery) {
+  bg_error.PermitUncheckedError();
+  // Also for soft errors: an automatic recovery in progress would make the
+  // store's DB::Resume Busy once a hard error follows.
+  *auto_recovery = false;
+}
+
 absl::Status OpenDatabase(const std::string& dir,
                           const RocksDbSessionStoreOptions& options,
+                          std::shared_ptr<WriteErrorTracker> tracker,
                           rocksdb::DB** db_out,
                           std::vector<rocksdb::ColumnFamilyHandle*>* handles) {
   rocksdb::DBOptions db_options;
+  if (tracker != nullptr) db_options.listeners.push_back(std::move(tracker));
   const bool create = options.create_if_missing && !options.read_only;
   db_options.create_if_missing = create;
   db_options.create_missing_column_families = create;

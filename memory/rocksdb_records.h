@@ -5,7 +5,9 @@
 #ifndef SINKSERVE_MEMORY_ROCKSDB_RECORDS_H_
 #define SINKSERVE_MEMORY_ROCKSDB_RECORDS_H_
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -18,6 +20,7 @@
 #include "memory/session_store.h"
 #include "memory/snapshot_format.h"
 #include "rocksdb/db.h"
+#include "rocksdb/listener.h"
 #include "rocksdb/slice.h"
 #include "rocksdb/write_batch.h"
 
@@ -37,13 +40,39 @@ struct RecordDb {
   std::string_view dir;
 };
 
+// Counts the background errors that stop writes (RocksDB's "hard" errors:
+// a WAL append or a flush that hit a full disk, ...) and turns RocksDB's own
+// recovery from them off. That recovery waits until the disk has a whole
+// write buffer free (64 MiB by default) besides what it needs, polls every
+// 5 s, and meanwhile answers DB::Resume with Busy: a store on a disk that
+// stays nearly full never came back without a restart. The store calls
+// DB::Resume itself instead, before its next write (see
+// RocksDbSessionStore::Write).
+class WriteErrorTracker : public rocksdb::EventListener {
+ public:
+  void OnBackgroundError(rocksdb::BackgroundErrorReason reason,
+                         rocksdb::Status* bg_error) override;
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason reason,
+                            rocksdb::Status bg_error,
+                            bool* auto_recovery) override;
+  // Hard (or worse) errors since the database was opened; a caller that saw
+  // this count before a successful DB::Resume has cleared those.
+  uint64_t stopping_errors() const {
+    return stopping_errors_.load(std::memory_order_acquire);
+  }
+
+ private:
+  std::atomic<uint64_t> stopping_errors_{0};
+};
+
 // Opens (creating if allowed) the store's database in the existing directory
 // `dir` with its column families (default, meta, kv; kv with BlobDB), checks
 // or writes the store marker, and refuses foreign databases. *db is set, and
 // owned by the caller, as soon as RocksDB opened it, also when a later check
-// fails.
+// fails. `tracker` (may be null) is registered as a listener.
 absl::Status OpenDatabase(const std::string& dir,
                           const RocksDbSessionStoreOptions& options,
+                          std::shared_ptr<WriteErrorTracker> tracker,
                           rocksdb::DB** db,
                           std::vector<rocksdb::ColumnFamilyHandle*>* handles);
 

@@ -51,6 +51,20 @@ snap::SessionHeader HeaderFor(const SessionState& s, uint64_t incarnation,
   return h;
 }
 
+// Why the database still takes no writes, from DB::Resume's answer.
+std::string CannotResumeHint(const rocksdb::Status& resumed) {
+  // RocksDB resumes from nothing worse than a hard error (ENOSPC); other
+  // I/O errors in the WAL (EFBIG, EDQUOT, EIO) are fatal to the open
+  // database.
+  if (resumed.severity() >= rocksdb::Status::Severity::kFatalError) {
+    return " (it cannot resume from this error: reopen the store, e.g. "
+           "restart the server, once the cause is fixed)";
+  }
+  return absl::StrCat(
+      " (writes resume by themselves once the disk has room; resuming now: ",
+      resumed.ToString(), ")");
+}
+
 }  // namespace
 
 std::string RocksDbSessionStore::RecordKey(std::string_view id, uint64_t seq,
@@ -115,8 +129,9 @@ absl::StatusOr<std::unique_ptr<RocksDbSessionStore>> RocksDbSessionStore::Open(
 
 absl::Status RocksDbSessionStore::OpenDb() {
   rocksdb::DB* db = nullptr;
+  errors_ = std::make_shared<records::WriteErrorTracker>();
   const absl::Status status =
-      records::OpenDatabase(dir_, options_, &db, &handles_);
+      records::OpenDatabase(dir_, options_, errors_, &db, &handles_);
   db_.reset(db);  // closed by the destructor if a check failed after opening
   if (!status.ok()) return status;
   meta_ = handles_[1];
@@ -151,12 +166,45 @@ absl::Mutex& RocksDbSessionStore::LockFor(std::string_view id) const {
   return stripes_[std::hash<std::string_view>()(id) % stripes_.size()];
 }
 
+bool RocksDbSessionStore::Stopped() const {
+  return errors_->stopping_errors() != resumed_errors_.load();
+}
+
+rocksdb::Status RocksDbSessionStore::ResumeIfStopped() const {
+  const uint64_t errors = errors_->stopping_errors();
+  if (errors == resumed_errors_.load()) return rocksdb::Status::OK();
+  // Flushes the memtables to new files and starts a new WAL, so it succeeds
+  // only once the disk has room for them.
+  rocksdb::Status s = db_->Resume();
+  if (!s.ok()) return s;
+  // Errors after `errors` (another thread's) stay to be resumed from.
+  uint64_t seen = resumed_errors_.load();
+  while (seen < errors && !resumed_errors_.compare_exchange_weak(seen, errors)) {
+  }
+  return s;
+}
+
 absl::Status RocksDbSessionStore::Write(rocksdb::WriteBatch* batch, bool sync,
                                         uint64_t* bytes) const {
   rocksdb::WriteOptions wo;
   wo.sync = sync;
   *bytes = batch->GetDataSize();
-  return FromRocks(db_->Write(wo, batch), "write");
+  if (rocksdb::Status resumed = ResumeIfStopped(); !resumed.ok()) {
+    return FromRocks(resumed, absl::StrCat("write refused: the database "
+                                           "stopped after an earlier write "
+                                           "error",
+                                           CannotResumeHint(resumed)));
+  }
+  rocksdb::Status s = db_->Write(wo, batch);
+  if (s.ok() || !Stopped()) return FromRocks(s, "write");
+  // This write stopped the database. RocksDB put nothing of a failed batch
+  // into the memtables, and a batch replayed from the old WAL would only
+  // repeat the same puts and deletions, so writing it again is safe.
+  const rocksdb::Status resumed = ResumeIfStopped();
+  if (!resumed.ok()) {
+    return FromRocks(s, absl::StrCat("write", CannotResumeHint(resumed)));
+  }
+  return FromRocks(db_->Write(wo, batch), "write (after resuming)");
 }
 
 absl::StatusOr<CheckpointResult> RocksDbSessionStore::Put(
@@ -495,6 +543,7 @@ void RocksDbSessionStore::WaitForCompactions() {
 
 absl::Status RocksDbSessionStore::Flush() {
   SINKSERVE_RETURN_IF_ERROR(CheckWritable());
+  SINKSERVE_RETURN_IF_ERROR(FromRocks(ResumeIfStopped(), "flush (resuming)"));
   rocksdb::FlushOptions fo;
   fo.wait = true;
   return FromRocks(db_->Flush(fo, handles_), "flush");

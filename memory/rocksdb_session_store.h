@@ -12,6 +12,13 @@
 // what it supersedes), so a crash leaves a session at its previous or its new
 // checkpoint, never between. With `sync` (the default) a checkpoint that has
 // returned survives power loss too.
+//
+// A write that fails so that RocksDB stops taking writes (a full disk) is
+// RESOURCE_EXHAUSTED / UNAVAILABLE; the store then resumes the database
+// (DB::Resume) before its next write, so it takes checkpoints again as soon
+// as there is room, without a restart. Errors RocksDB cannot resume from
+// (EFBIG, EDQUOT or EIO on the WAL) keep failing writes with a message that
+// the store must be reopened.
 #ifndef SINKSERVE_MEMORY_ROCKSDB_SESSION_STORE_H_
 #define SINKSERVE_MEMORY_ROCKSDB_SESSION_STORE_H_
 
@@ -41,6 +48,7 @@ class WriteBatch;
 
 namespace sinkserve::memory::records {
 struct RecordDb;
+class WriteErrorTracker;
 }  // namespace sinkserve::memory::records
 
 namespace sinkserve::memory {
@@ -145,9 +153,15 @@ class RocksDbSessionStore final : public SessionStore {
   records::RecordDb records() const;
 
   absl::Status CheckWritable() const;
-  // Writes `batch`; `bytes` gets its size.
+  // Writes `batch`; `bytes` gets its size. Resumes a stopped database first,
+  // and once more (writing the batch again) when this write stopped it.
   absl::Status Write(rocksdb::WriteBatch* batch, bool sync,
                      uint64_t* bytes) const;
+  // True when a write-stopping error happened since the last DB::Resume that
+  // succeeded.
+  bool Stopped() const;
+  // DB::Resume if Stopped().
+  rocksdb::Status ResumeIfStopped() const;
   absl::Mutex& LockFor(std::string_view id) const;
   void EnqueueCompaction(std::string_view id);
   void CompactionLoop();
@@ -161,6 +175,10 @@ class RocksDbSessionStore final : public SessionStore {
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;  // owned by db_'s handles_
   rocksdb::ColumnFamilyHandle* kv_ = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  std::shared_ptr<records::WriteErrorTracker> errors_;
+  // errors_->stopping_errors() as seen before the last DB::Resume that
+  // succeeded: the errors already recovered from.
+  mutable std::atomic<uint64_t> resumed_errors_{0};
 
   // Writers of one session serialize on its stripe.
   mutable std::array<absl::Mutex, 64> stripes_;

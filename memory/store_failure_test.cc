@@ -1,5 +1,6 @@
 // RocksDbSessionStore under damage and failing storage: corrupt records,
 // damaged export files, missing / read-only / full directories.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -341,8 +342,25 @@ TEST_F(SessionStoreTest, ReadOnlyFileSystem) {
             absl::StatusCode::kFailedPrecondition);
 }
 
-// Fills a 2 MiB tmpfs: the failing checkpoint reports RESOURCE_EXHAUSTED and
-// every checkpoint before it still loads once there is room again.
+// Fills the file system holding `path` with a file there; the bytes written.
+int64_t FillDisk(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return -1;
+  int64_t written = 0;
+  // Big blocks first, then pages, so no page is left over.
+  for (const size_t block : {size_t{1} << 16, size_t{4096}, size_t{1}}) {
+    const std::string bytes(block, 'f');
+    ssize_t n;
+    while ((n = ::write(fd, bytes.data(), bytes.size())) > 0) written += n;
+  }
+  ::close(fd);
+  return written;
+}
+
+// Fills a 2 MiB tmpfs: the failing checkpoint reports RESOURCE_EXHAUSTED,
+// later ones fail the same way while the disk stays full, and once it has
+// room the same store (not reopened) takes checkpoints again; everything
+// written before and after loads exactly, also after reopening.
 TEST_F(SessionStoreTest, DiskFullOnTmpfs) {
   const std::string mnt = dir_ + "/full";
   TmpfsMount tmpfs(mnt, "2m");
@@ -352,40 +370,122 @@ TEST_F(SessionStoreTest, DiskFullOnTmpfs) {
   }
   std::vector<SessionState> stored;
   absl::Status failure;
-  {
-    absl::StatusOr<std::unique_ptr<RocksDbSessionStore>> store =
-        RocksDbSessionStore::Open(mnt + "/db");
-    ASSERT_TRUE(store.ok()) << store.status();
-    std::mt19937_64 rng(3);
-    store_testing::RandomStateOptions o;
-    o.n_layers = 4;
-    o.kv_dim = 128;  // ~200 KB per state
-    for (int i = 0; i < 40 && failure.ok(); ++i) {
-      SessionState s =
-          store_testing::RandomState(rng, "full-" + std::to_string(i), o);
-      absl::StatusOr<CheckpointResult> r = (*store)->Put(s);
-      if (r.ok()) {
-        stored.push_back(std::move(s));
-      } else {
-        failure = r.status();
-      }
+  absl::StatusOr<std::unique_ptr<RocksDbSessionStore>> store =
+      RocksDbSessionStore::Open(mnt + "/db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::mt19937_64 rng(3);
+  store_testing::RandomStateOptions o;
+  o.n_layers = 4;
+  o.kv_dim = 128;  // ~200 KB per state
+  SessionState failed;
+  for (int i = 0; i < 40 && failure.ok(); ++i) {
+    SessionState s =
+        store_testing::RandomState(rng, "full-" + std::to_string(i), o);
+    absl::StatusOr<CheckpointResult> r = (*store)->Put(s);
+    if (r.ok()) {
+      stored.push_back(std::move(s));
+    } else {
+      failure = r.status();
+      failed = std::move(s);
     }
-    // Later writes keep failing cleanly rather than crashing.
-    EXPECT_FALSE((*store)->Put(stored.front()).ok());
   }
   ASSERT_FALSE(failure.ok()) << "2 MiB never filled up";
   EXPECT_EQ(failure.code(), absl::StatusCode::kResourceExhausted) << failure;
   EXPECT_THAT(std::string(failure.message()), HasSubstr(mnt));
+  // Later writes keep failing cleanly rather than crashing.
+  absl::StatusOr<CheckpointResult> again = (*store)->Put(stored.front());
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kResourceExhausted)
+      << again.status();
+  ASSERT_FALSE(stored.empty());
+
   ASSERT_TRUE(tmpfs.Remount(0, "64m")) << std::strerror(errno);
-  absl::StatusOr<std::unique_ptr<RocksDbSessionStore>> store =
-      RocksDbSessionStore::Open(mnt + "/db");
+  absl::StatusOr<CheckpointResult> r = (*store)->Put(failed);
+  ASSERT_TRUE(r.ok()) << "the store did not resume once there was room: "
+                      << r.status();
+  stored.push_back(std::move(failed));
+  for (const SessionState& s : stored) ExpectLoads(**store, s);
+  store->reset();
+  store = RocksDbSessionStore::Open(mnt + "/db");
   ASSERT_TRUE(store.ok()) << store.status();
   for (const SessionState& s : stored) ExpectLoads(**store, s);
   EXPECT_TRUE((*store)->Put(stored.front()).ok());
 }
 
+// A disk filled by something else (a filler file on the store's tmpfs):
+// full and delta checkpoints fail with RESOURCE_EXHAUSTED while reads go on,
+// and once the filler is deleted both kinds succeed on the same store and
+// load back exactly, then and after reopening.
+TEST_F(SessionStoreTest, DiskFullRecoversWhenSpaceIsFreed) {
+  const std::string mnt = dir_ + "/freed";
+  TmpfsMount tmpfs(mnt, "16m");
+  if (!tmpfs.ok()) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.error() << ")";
+  }
+  RocksDbSessionStoreOptions options;
+  options.compact_after_deltas = 0;  // only the checkpoints below write
+  absl::StatusOr<std::unique_ptr<RocksDbSessionStore>> store =
+      RocksDbSessionStore::Open(mnt + "/db", options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::mt19937_64 rng(9);
+  store_testing::RandomStateOptions o;
+  o.n_layers = 4;
+  o.kv_dim = 128;
+  std::vector<SessionState> stored;
+  for (int i = 0; i < 3; ++i) {
+    stored.push_back(
+        store_testing::RandomState(rng, "kept-" + std::to_string(i), o));
+    ASSERT_TRUE((*store)->Put(stored.back()).ok());
+  }
+  const store_testing::SimOptions sim;
+  SessionState chain = store_testing::SimStateAt("chain", sim, 0);
+  absl::StatusOr<CheckpointResult> head = (*store)->Put(chain);
+  ASSERT_TRUE(head.ok()) << head.status();
+
+  const std::string filler = mnt + "/filler";
+  ASSERT_GT(FillDisk(filler), 0) << std::strerror(errno);
+  const SessionState late = store_testing::RandomState(rng, "late", o);
+  const SessionState chain_next = store_testing::SimStateAt("chain", sim, 1);
+  absl::StatusOr<SessionDelta> delta = Diff(chain, chain_next);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    absl::StatusOr<CheckpointResult> put = (*store)->Put(late);
+    ASSERT_FALSE(put.ok()) << "the filler left room for a checkpoint";
+    EXPECT_EQ(put.status().code(), absl::StatusCode::kResourceExhausted)
+        << put.status();
+    EXPECT_THAT(std::string(put.status().message()), HasSubstr(mnt));
+    absl::StatusOr<CheckpointResult> append =
+        (*store)->Append("chain", head->version, *delta);
+    EXPECT_EQ(append.status().code(), absl::StatusCode::kResourceExhausted)
+        << append.status();
+  }
+  for (const SessionState& s : stored) ExpectLoads(**store, s);
+  ExpectLoads(**store, chain);
+
+  ASSERT_TRUE(fs::remove(filler));
+  absl::StatusOr<CheckpointResult> put = (*store)->Put(late);
+  ASSERT_TRUE(put.ok()) << "the store did not resume once there was room: "
+                        << put.status();
+  absl::StatusOr<CheckpointResult> append =
+      (*store)->Append("chain", head->version, *delta);
+  ASSERT_TRUE(append.ok()) << append.status();
+  EXPECT_EQ(append->version, head->version + 1);
+  stored.push_back(late.Copy());
+  stored.push_back(chain_next.Copy());
+  for (const SessionState& s : stored) ExpectLoads(**store, s);
+  absl::StatusOr<VerifyReport> report = (*store)->Verify();
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->bad.empty());
+
+  store->reset();
+  store = RocksDbSessionStore::Open(mnt + "/db", options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (const SessionState& s : stored) ExpectLoads(**store, s);
+}
+
 // The same without mount rights: a file size limit makes writes fail with
-// EFBIG, which is reported as RESOURCE_EXHAUSTED too.
+// EFBIG, which is reported as RESOURCE_EXHAUSTED too. RocksDB cannot resume
+// from it (only ENOSPC is a recoverable WAL error), so later writes say the
+// store needs reopening, and a reopened store has everything and writes.
 TEST_F(SessionStoreTest, DiskFullViaFileSizeLimit) {
   std::vector<SessionState> stored;
   absl::Status failure;
@@ -397,6 +497,7 @@ TEST_F(SessionStoreTest, DiskFullViaFileSizeLimit) {
     rlimit small = old;
     small.rlim_cur = 3 << 20;
     ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+    SessionState failed;
     for (int i = 0; i < 10 && failure.ok(); ++i) {
       SessionState s = BigState(300 + i, "fsz-" + std::to_string(i));
       absl::StatusOr<CheckpointResult> r = store.Put(s);
@@ -404,15 +505,22 @@ TEST_F(SessionStoreTest, DiskFullViaFileSizeLimit) {
         stored.push_back(std::move(s));
       } else {
         failure = r.status();
+        failed = std::move(s);
       }
     }
-    store_.reset();  // close while the limit still holds
     ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old), 0);
     ::signal(SIGXFSZ, old_handler);
+    ASSERT_FALSE(failure.ok());
+    absl::StatusOr<CheckpointResult> r = store.Put(failed);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted)
+        << r.status();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("reopen"));
+    for (const SessionState& s : stored) ExpectLoads(store, s);
+    stored.push_back(std::move(failed));
   }
-  ASSERT_FALSE(failure.ok());
   EXPECT_EQ(failure.code(), absl::StatusCode::kResourceExhausted) << failure;
   RocksDbSessionStore& store = Open();
+  ASSERT_TRUE(store.Put(stored.back()).ok());
   for (const SessionState& s : stored) ExpectLoads(store, s);
   absl::StatusOr<VerifyReport> report = store.Verify();
   ASSERT_TRUE(report.ok());

@@ -19,9 +19,11 @@ MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
 
 TURN1 = "Once upon a time, there was a little girl named Lily."
 TURN2 = "She went to the park"
+TURN3 = "One day, she saw a bird"
+TURN4 = "The bird was sad because"
 
-# (policy flags, sampling flags) of the two-processes-equal-one checks: every
-# policy, budgets small enough to evict, greedy and seeded.
+# (policy flags, sampling flags) of the split-processes checks: every policy,
+# budgets small enough to evict, greedy and seeded.
 POLICIES = [
     ["--policy", "full"],
     ["--policy", "window", "--window", "24"],
@@ -61,25 +63,39 @@ def show_fields(db, session):
 
 class TwoProcessesEqualOne(unittest.TestCase):
     def test_every_policy_greedy_and_seeded(self):
+        """Four turns in four processes (three restores from the store) equal
+        the same turns in two processes of two turns each (`--then`; one
+        process runs at most two turns), and the first two equal one process
+        running both. engine/session_test.cc runs five turns in one session
+        object against five restores (SplitAcrossRestoresIsBitExact)."""
         for policy in POLICIES:
             for sampling in SAMPLING:
                 with self.subTest(policy=" ".join(policy), sampling=" ".join(sampling)), \
                         tempfile.TemporaryDirectory() as d:
-                    split_db, one_db = os.path.join(d, "split"), os.path.join(d, "one")
-                    a = generate(split_db, "s", TURN1, *policy, *sampling)
-                    self.assertEqual(a.returncode, 0, a.stderr)
-                    self.assertIn("created", a.stderr)
-                    b = generate(split_db, "s", TURN2)  # settings come from the store
-                    self.assertEqual(b.returncode, 0, b.stderr)
-                    one = generate(one_db, "s", TURN1, "--then", TURN2, *policy, *sampling)
-                    self.assertEqual(one.returncode, 0, one.stderr)
-                    lines = one.stdout.splitlines()
-                    self.assertEqual(len(lines), 2, one.stdout)
-                    self.assertEqual(len(lines[0].split()), 24)
-                    self.assertEqual(a.stdout.splitlines() + b.stdout.splitlines(), lines)
+                    split_db, pairs_db = os.path.join(d, "split"), os.path.join(d, "pairs")
+                    split = []
+                    for i, text in enumerate((TURN1, TURN2, TURN3, TURN4)):
+                        # Later turns take their settings from the store.
+                        extra = [*policy, *sampling] if i == 0 else []
+                        r = generate(split_db, "s", text, *extra)
+                        self.assertEqual(r.returncode, 0, r.stderr)
+                        self.assertEqual("created" in r.stderr, i == 0, r.stderr)
+                        split += r.stdout.splitlines()
+                        if i == 1:
+                            split_after_two = show_fields(split_db, "s")
+                    first = generate(pairs_db, "s", TURN1, "--then", TURN2, *policy, *sampling)
+                    self.assertEqual(first.returncode, 0, first.stderr)
+                    self.assertEqual(show_fields(pairs_db, "s"), split_after_two)
+                    second = generate(pairs_db, "s", TURN3, "--then", TURN4)
+                    self.assertEqual(second.returncode, 0, second.stderr)
+                    pairs = first.stdout.splitlines() + second.stdout.splitlines()
+                    self.assertEqual(len(pairs), 4, pairs)
+                    for line in pairs:
+                        self.assertEqual(len(line.split()), 24)
+                    self.assertEqual(split, pairs)
                     fields = show_fields(split_db, "s")
-                    self.assertEqual(fields, show_fields(one_db, "s"))
-                    self.assertEqual(fields["rounds"], "2")
+                    self.assertEqual(fields, show_fields(pairs_db, "s"))
+                    self.assertEqual(fields["rounds"], "4")
                     self.assertTrue(fields["pending tokens"].startswith("1 "), fields)
                     if policy[1] != "full":
                         self.assertGreater(int(fields["evicted"]), 0, fields)
@@ -99,17 +115,20 @@ class TwoProcessesEqualOne(unittest.TestCase):
             self.assertEqual(r.returncode, 2)
             self.assertIn("f32", r.stderr)
 
-    def test_f16_session(self):
-        with tempfile.TemporaryDirectory() as d:
-            split_db, one_db = os.path.join(d, "split"), os.path.join(d, "one")
-            flags = ["--kv-dtype", "f16", "--policy", "streaming", "--window", "20", "--seed", "5"]
-            a = generate(split_db, "h", TURN1, *flags)
-            b = generate(split_db, "h", TURN2)
-            one = generate(one_db, "h", TURN1, "--then", TURN2, *flags)
-            for r in (a, b, one):
-                self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertEqual(a.stdout + b.stdout, one.stdout)
-            self.assertIn("f16", show_fields(split_db, "h")["kv"])
+    def test_half_precision_sessions(self):
+        for dtype in ("f16", "bf16"):
+            with self.subTest(dtype=dtype), tempfile.TemporaryDirectory() as d:
+                split_db, one_db = os.path.join(d, "split"), os.path.join(d, "one")
+                flags = ["--kv-dtype", dtype, "--policy", "streaming", "--window", "20",
+                         "--seed", "5"]
+                a = generate(split_db, "h", TURN1, *flags)
+                b = generate(split_db, "h", TURN2)
+                one = generate(one_db, "h", TURN1, "--then", TURN2, *flags)
+                for r in (a, b, one):
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(len(one.stdout.splitlines()), 2, one.stdout)
+                self.assertEqual(a.stdout + b.stdout, one.stdout)
+                self.assertIn(dtype, show_fields(split_db, "h")["kv"].split())
 
 
 class SessionsCommand(unittest.TestCase):

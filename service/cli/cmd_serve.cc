@@ -21,7 +21,8 @@ namespace {
 
 constexpr char kSynopsis[] =
     "--model PATH --db DIR [--listen ADDR] [--metrics-listen ADDR] [--threads N]\n"
-    "         [--max-sessions-in-memory N] [--default-policy streaming(4,252)] [limits]\n"
+    "         [--max-sessions-in-memory N] [--session-idle-seconds S]\n"
+    "         [--max-session-memory-bytes B] [--default-policy streaming(4,252)] [limits]\n"
     "Serves sinkserve.v1.SinkServe (bidirectional Chat streams over durable\n"
     "sessions), grpc.health.v1 and server reflection on --listen, Prometheus\n"
     "metrics on --metrics-listen. Health is NOT_SERVING while the model loads and\n"
@@ -45,7 +46,16 @@ int RunServe(const std::vector<std::string>& args) {
       {"metrics-listen", FlagKind::kString, "", "Prometheus /metrics address; empty = off"},
       {"threads", FlagKind::kInt, "0", "CPU threads of the decoder; 0 = one per core"},
       {"max-sessions-in-memory", FlagKind::kInt, "256",
-       "sessions kept in RAM; idle ones beyond are checkpointed and dropped (LRU)"},
+       "sessions kept in RAM; detached ones (no stream attached) beyond are checkpointed "
+       "and dropped, least recently used first; attaching when all are attached is "
+       "RESOURCE_EXHAUSTED"},
+      {"session-idle-seconds", FlagKind::kDouble, "600",
+       "a detached session unused this long is checkpointed and dropped from RAM "
+       "(it loads back on next use); 0 = never"},
+      {"max-session-memory-bytes", FlagKind::kInt, "0",
+       "K/V bytes (rows + cell metadata) the sessions in RAM may hold; beyond it detached "
+       "ones are checkpointed and dropped, least recently used first (attached ones "
+       "stay); 0 = no limit"},
       {"max-sessions", FlagKind::kInt, "0",
        "sessions the store may hold (creating more is RESOURCE_EXHAUSTED); 0 = no limit"},
       {"default-policy", FlagKind::kString, "",
@@ -96,6 +106,16 @@ int RunServe(const std::vector<std::string>& args) {
     }
   }
 
+  const double idle_seconds = flags.GetDouble("session-idle-seconds");
+  if (!(idle_seconds >= 0) || idle_seconds > 1e9) {
+    std::cerr << "sinkserve serve: --session-idle-seconds out of range: " << idle_seconds << "\n";
+    return kExitUsage;
+  }
+  if (flags.GetInt("max-session-memory-bytes") < 0) {
+    std::cerr << "sinkserve serve: --max-session-memory-bytes must be >= 0\n";
+    return kExitUsage;
+  }
+
   service::ServerOptions options;
   options.model.path = flags.GetString("model");
   options.model.threads = flags.GetInt("threads");
@@ -106,6 +126,8 @@ int RunServe(const std::vector<std::string>& args) {
   options.sync = flags.GetBool("sync");
   options.sessions.max_sessions_in_memory = flags.GetInt("max-sessions-in-memory");
   options.sessions.max_sessions = flags.GetInt("max-sessions");
+  options.sessions.idle_timeout = absl::Seconds(idle_seconds);
+  options.sessions.max_session_memory_bytes = flags.GetInt("max-session-memory-bytes");
   options.sessions.default_policy = *policy;
   options.sessions.default_sampling.temperature = flags.GetDouble("temperature");
   options.sessions.random_seed = flags.GetInt("seed") < 0;

@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "memory/session_state.h"
 #include "memory/status_macros.h"
+#include "service/server/log.h"
 
 namespace sinkserve::service {
 namespace {
@@ -69,6 +70,22 @@ v1::SessionInfo FromStored(const memory::SessionInfo& stored) {
 
 }  // namespace
 
+int64_t SessionMemoryBytes(const engine::Session& session) {
+  const engine::Sequence& sequence = session.sequence();
+  const engine::ModelConfig& model = sequence.backend()->config();
+  const engine::KvStorage& kv = *sequence.kv();
+  const int64_t capacity = kv.capacity();
+  const int64_t rows = capacity * model.n_layers * 2 * model.n_kv_heads * model.head_dim *
+                       static_cast<int64_t>(engine::KvDtypeBytes(kv.dtype()));
+  // KvCache keeps cells and their slots in buffers of twice the capacity (so
+  // eviction slides a range instead of copying) plus a free list and
+  // positions of one capacity each; the last checkpoint's metadata, the base
+  // of the next delta, is about one more capacity of cells.
+  const int64_t metadata =
+      capacity * static_cast<int64_t>(3 * sizeof(memory::Cell) + 4 * sizeof(int32_t));
+  return rows + metadata;
+}
+
 absl::StatusOr<engine::SamplerOptions> ApplySampling(const engine::SamplerOptions& base,
                                                      const v1::SamplingParams& params) {
   engine::SamplerOptions s = base;
@@ -99,6 +116,11 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
   if (options.max_sessions_in_memory < 1) {
     return absl::InvalidArgumentError("max_sessions_in_memory must be >= 1");
   }
+  if (options.idle_timeout < absl::ZeroDuration() || options.max_session_memory_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "idle_timeout and max_session_memory_bytes must be >= 0 (0 = no limit)");
+  }
+  if (!options.clock) return absl::InvalidArgumentError("clock must be set");
   auto manager =
       std::unique_ptr<SessionManager>(new SessionManager(model, store, metrics, options));
   memory::ListOptions list;
@@ -186,7 +208,7 @@ absl::StatusOr<std::unique_ptr<engine::Session>> SessionManager::NewSession(
       std::unique_ptr<engine::Session> session,
       engine::Session::Create(id, model_->backend.get(), model_->fingerprint, engine_config));
   // Durable from the start: a created session is listed and survives restarts.
-  SINKSERVE_RETURN_IF_ERROR(Checkpoint(session.get()));
+  SINKSERVE_RETURN_IF_ERROR(CheckpointSession(session.get()));
   ++stored_sessions_;
   return session;
 }
@@ -203,6 +225,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
     it->second.attached = true;
     lru_.erase(it->second.lru);
     result.session = it->second.session.get();
+    SweepAndLog();
     return result;
   }
   absl::StatusOr<memory::LoadedSession> loaded = store_->Load(id, model_->fingerprint);
@@ -214,6 +237,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
     result.session = session.get();
     result.restored = true;
     Insert(std::move(session), /*attached=*/true);
+    SweepAndLog();
     return result;
   }
   if (loaded.status().code() != absl::StatusCode::kNotFound) return loaded.status();
@@ -225,6 +249,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
   result.session = session.get();
   result.created = true;
   Insert(std::move(session), /*attached=*/true);
+  SweepAndLog();
   return result;
 }
 
@@ -233,10 +258,14 @@ void SessionManager::Detach(const std::string& id) {
   if (it == sessions_.end() || !it->second.attached) return;
   it->second.attached = false;
   it->second.lru = lru_.insert(lru_.end(), id);
+  it->second.last_used = options_.clock();
   // Over the limit while everything was attached: shrink now.
   if (static_cast<int>(sessions_.size()) > options_.max_sessions_in_memory) {
-    (void)MakeRoom();
+    if (absl::Status s = MakeRoom(); !s.ok()) {
+      ServerLog("cannot drop a session from memory: ", s.ToString());
+    }
   }
+  SweepAndLog();
 }
 
 absl::StatusOr<v1::SessionInfo> SessionManager::CreateDetached(const std::string& id,
@@ -251,6 +280,7 @@ absl::StatusOr<v1::SessionInfo> SessionManager::CreateDetached(const std::string
                              NewSession(id, config, &warnings));
   v1::SessionInfo info = InfoOf(*session);
   Insert(std::move(session), /*attached=*/false);
+  SweepAndLog();
   return info;
 }
 
@@ -293,6 +323,7 @@ absl::Status SessionManager::Delete(const std::string& id) {
           absl::StrCat("session ", id, " is attached to a stream"));
     }
     lru_.erase(it->second.lru);
+    memory_bytes_ -= it->second.bytes;
     sessions_.erase(it);
     in_memory = true;
   }
@@ -302,10 +333,17 @@ absl::Status SessionManager::Delete(const std::string& id) {
     s = in_memory ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no session ", id));
   }
   UpdateGauges();
+  SweepAndLog();
   return s;
 }
 
 absl::Status SessionManager::Checkpoint(engine::Session* session) {
+  absl::Status s = CheckpointSession(session);
+  SweepAndLog();
+  return s;
+}
+
+absl::Status SessionManager::CheckpointSession(engine::Session* session) {
   if (!session->dirty()) return absl::OkStatus();
   SINKSERVE_ASSIGN_OR_RETURN(memory::CheckpointResult result, session->Checkpoint(store_));
   if (metrics_ != nullptr) {
@@ -319,34 +357,77 @@ absl::Status SessionManager::Checkpoint(engine::Session* session) {
 absl::Status SessionManager::CheckpointAll() {
   absl::Status first;
   for (auto& [id, entry] : sessions_) {
-    absl::Status s = Checkpoint(entry.session.get());
+    absl::Status s = CheckpointSession(entry.session.get());
     if (first.ok() && !s.ok()) first = s;
   }
   return first;
 }
 
+absl::Status SessionManager::Drop(std::map<std::string, Entry>::iterator it) {
+  // A session that cannot be checkpointed stays: dropping it would lose turns.
+  SINKSERVE_RETURN_IF_ERROR(CheckpointSession(it->second.session.get()));
+  lru_.erase(it->second.lru);
+  memory_bytes_ -= it->second.bytes;
+  sessions_.erase(it);
+  return absl::OkStatus();
+}
+
 absl::Status SessionManager::MakeRoom() {
-  while (static_cast<int>(sessions_.size()) >= options_.max_sessions_in_memory) {
-    if (lru_.empty()) {
-      return absl::ResourceExhaustedError(absl::StrCat("all ", sessions_.size(),
-                                                       " sessions in memory are attached (limit ",
-                                                       options_.max_sessions_in_memory, ")"));
-    }
-    auto it = sessions_.find(lru_.front());
-    // A session that cannot be checkpointed stays: dropping it would lose turns.
-    SINKSERVE_RETURN_IF_ERROR(Checkpoint(it->second.session.get()));
-    lru_.pop_front();
-    sessions_.erase(it);
+  absl::Status first;
+  // Drop() erases from lru_, so step past each entry before trying it.
+  for (auto next = lru_.begin();
+       next != lru_.end() &&
+       static_cast<int>(sessions_.size()) >= options_.max_sessions_in_memory;) {
+    const std::string& id = *next++;
+    absl::Status s = Drop(sessions_.find(id));
+    if (first.ok() && !s.ok()) first = s;
   }
   UpdateGauges();
-  return absl::OkStatus();
+  if (static_cast<int>(sessions_.size()) < options_.max_sessions_in_memory) {
+    return absl::OkStatus();
+  }
+  if (!first.ok()) return first;
+  return absl::ResourceExhaustedError(absl::StrCat("all ", sessions_.size(),
+                                                   " sessions in memory are attached (limit ",
+                                                   options_.max_sessions_in_memory, ")"));
+}
+
+absl::Status SessionManager::Sweep() {
+  absl::Status first;
+  const bool idle_limit = options_.idle_timeout > absl::ZeroDuration();
+  const absl::Time now = options_.clock();
+  // lru_ is in order of last use, so the idle ones come first, then those
+  // the memory budget drops.
+  const size_t before = sessions_.size();
+  for (auto next = lru_.begin(); next != lru_.end();) {
+    const std::string& id = *next++;
+    auto it = sessions_.find(id);
+    const bool idle = idle_limit && now - it->second.last_used >= options_.idle_timeout;
+    const bool over_budget =
+        options_.max_session_memory_bytes > 0 && memory_bytes_ > options_.max_session_memory_bytes;
+    if (!idle && !over_budget) break;
+    absl::Status s = Drop(it);
+    if (first.ok() && !s.ok()) first = s;
+  }
+  // Runs after every turn: skip the O(sessions) gauge update when idle.
+  if (sessions_.size() != before) UpdateGauges();
+  return first;
+}
+
+void SessionManager::SweepAndLog() {
+  if (absl::Status s = Sweep(); !s.ok()) {
+    ServerLog("cannot drop a session from memory: ", s.ToString());
+  }
 }
 
 void SessionManager::Insert(std::unique_ptr<engine::Session> session, bool attached) {
   std::string id = session->id();
   Entry& entry = sessions_[id];
+  entry.bytes = SessionMemoryBytes(*session);
+  memory_bytes_ += entry.bytes;
   entry.session = std::move(session);
   entry.attached = attached;
+  entry.last_used = options_.clock();
   if (!attached) entry.lru = lru_.insert(lru_.end(), id);
   UpdateGauges();
 }

@@ -1,16 +1,22 @@
 // SessionManager: the sessions a server holds in memory, backed by the store.
 //
 // Sessions are loaded from the store when a stream attaches (or created when
-// asked), kept in memory while in use, and dropped from memory in
-// least-recently-used order beyond `max_sessions_in_memory`, after a final
-// checkpoint. At most one stream is attached to a session at a time.
+// asked) and kept in memory while in use. Detached sessions leave memory,
+// after a final checkpoint, when they have not been used for `idle_timeout`
+// or, least recently used first, beyond `max_sessions_in_memory` sessions or
+// `max_session_memory_bytes`; the next stream that attaches one loads it
+// back. Attached sessions never leave. At most one stream is attached to a
+// session at a time.
 //
 // Not thread-safe: it lives on the scheduler thread, which owns the backend
-// that sessions allocate K/V storage on.
+// that sessions allocate K/V storage on. Turns reach sessions only while
+// their stream is attached, and attaching, detaching and dropping all run on
+// that thread, so a session is never dropped under a stream.
 #ifndef SINKSERVE_SERVICE_SERVER_SESSION_MANAGER_H_
 #define SINKSERVE_SERVICE_SERVER_SESSION_MANAGER_H_
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -19,6 +25,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "engine/session.h"
 #include "memory/session_store.h"
 #include "service/metrics.h"
@@ -50,7 +58,25 @@ struct SessionManagerOptions {
   // Most KV cells a session's policy may keep (its K/V memory is allocated up
   // front); a bigger budget is RESOURCE_EXHAUSTED. Default: 65536.
   int max_session_cells = 65536;
+  // A detached session not used for this long is checkpointed and dropped
+  // from memory; zero = never. Checked whenever the manager is called (see
+  // Sweep), so on a server without any traffic it lingers until the next
+  // call. Default: 10 minutes.
+  absl::Duration idle_timeout = absl::Minutes(10);
+  // Bytes the sessions in memory may hold in K/V rows and cell metadata
+  // (SessionMemoryBytes); beyond it detached sessions are checkpointed and
+  // dropped, least recently used first. Attached sessions stay even past it
+  // (max_sessions_in_memory bounds those), so it is a target, not a cap.
+  // 0 = no limit. Default: 0.
+  int64_t max_session_memory_bytes = 0;
+  // The clock idle_timeout is measured with. Default: absl::Now.
+  std::function<absl::Time()> clock = absl::Now;
 };
+
+// Memory a session in memory holds: its K/V rows (capacity x layers x K and V
+// x kv_dim in the storage dtype, on the backend: host RAM or device memory)
+// plus its cell metadata.
+int64_t SessionMemoryBytes(const engine::Session& session);
 
 // `base` with the fields `params` sets; INVALID_ARGUMENT for values out of range.
 absl::StatusOr<engine::SamplerOptions> ApplySampling(const engine::SamplerOptions& base,
@@ -87,7 +113,7 @@ class SessionManager {
   // FAILED_PRECONDITION while attached.
   absl::Status Delete(const std::string& id);
 
-  // Checkpoints the session if dirty; metrics recorded.
+  // Checkpoints the session if dirty; metrics recorded. Then sweeps.
   absl::Status Checkpoint(engine::Session* session);
   // Checkpoints every dirty session in memory; the first error is returned
   // after trying all.
@@ -98,13 +124,26 @@ class SessionManager {
   // The stored chat template of a session ("raw", ...).
   absl::StatusOr<ChatTemplate> TemplateOf(const engine::Session& session) const;
 
+  // Drops detached sessions idle for idle_timeout, then detached ones beyond
+  // max_session_memory_bytes, least recently used first, each after a
+  // checkpoint if dirty. Every call that changes what is attached or stored
+  // (Attach, Detach, CreateDetached, Delete, Checkpoint) ends with it; a
+  // timer may call it too. A session whose checkpoint fails stays (dropping
+  // it would lose turns); the first such error is returned after trying the
+  // others.
+  absl::Status Sweep();
+
   int sessions_in_memory() const { return static_cast<int>(sessions_.size()); }
+  // SessionMemoryBytes summed over the sessions in memory.
+  int64_t memory_bytes() const { return memory_bytes_; }
 
  private:
   struct Entry {
     std::unique_ptr<engine::Session> session;
     bool attached = false;
     std::list<std::string>::iterator lru;  // valid while detached
+    absl::Time last_used;                   // when it was last detached
+    int64_t bytes = 0;                      // SessionMemoryBytes
   };
 
   SessionManager(ServingModel* model, memory::SessionStore* store, Metrics* metrics,
@@ -118,6 +157,13 @@ class SessionManager {
                                                               std::vector<std::string>* warnings);
   // Makes room for one more session in memory.
   absl::Status MakeRoom();
+  // Checkpoints the detached session at `it` if dirty and drops it from
+  // memory; on a failed checkpoint it stays.
+  absl::Status Drop(std::map<std::string, Entry>::iterator it);
+  // Sweep for callers whose own result a failing sweep must not change: the
+  // error is logged.
+  void SweepAndLog();
+  absl::Status CheckpointSession(engine::Session* session);
   void Insert(std::unique_ptr<engine::Session> session, bool attached);
   void UpdateGauges() const;
 
@@ -128,6 +174,7 @@ class SessionManager {
   std::map<std::string, Entry> sessions_;
   std::list<std::string> lru_;  // detached sessions, least recently used first
   int64_t stored_sessions_ = 0;
+  int64_t memory_bytes_ = 0;  // SessionMemoryBytes summed over sessions_
 };
 
 }  // namespace sinkserve::service

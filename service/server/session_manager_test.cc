@@ -2,9 +2,11 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "memory/rocksdb_session_store.h"
 
@@ -39,14 +41,24 @@ class SessionManagerTest : public ::testing::Test {
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
-  std::unique_ptr<SessionManager> Manager(int in_memory, int64_t max_sessions = 0) {
+  // Options on the test's clock (now_), which only the test moves.
+  SessionManagerOptions Options(int in_memory, int64_t max_sessions = 0) {
     SessionManagerOptions options;
     options.max_sessions_in_memory = in_memory;
     options.max_sessions = max_sessions;
     options.default_policy = *memory::PolicyConfig::Parse("streaming(4,60)");
+    options.clock = [this] { return now_; };
+    return options;
+  }
+
+  std::unique_ptr<SessionManager> Manager(const SessionManagerOptions& options) {
     auto manager = SessionManager::Create(model_.get(), store_.get(), nullptr, options);
     EXPECT_TRUE(manager.ok()) << manager.status();
     return std::move(*manager);
+  }
+
+  std::unique_ptr<SessionManager> Manager(int in_memory, int64_t max_sessions = 0) {
+    return Manager(Options(in_memory, max_sessions));
   }
 
   static absl::StatusCode Code(const absl::StatusOr<AttachResult>& r) { return r.status().code(); }
@@ -55,6 +67,7 @@ class SessionManagerTest : public ::testing::Test {
   std::filesystem::path dir_;
   std::unique_ptr<memory::RocksDbSessionStore> store_;
   v1::SessionConfig config_;
+  absl::Time now_ = absl::FromUnixSeconds(1700000000);
 };
 
 TEST_F(SessionManagerTest, OneStreamPerSession) {
@@ -108,6 +121,116 @@ TEST_F(SessionManagerTest, LeastRecentlyUsedLeaveMemory) {
   EXPECT_EQ(Code(m->Attach("c", false, config_)), absl::StatusCode::kResourceExhausted);
   m->Detach("a");
   EXPECT_TRUE(m->Attach("c", false, config_).ok());
+}
+
+// Detached sessions unused for idle_timeout leave memory (checkpointed
+// first); attached ones stay however long they go unused.
+TEST_F(SessionManagerTest, IdleSessionsLeaveMemory) {
+  SessionManagerOptions options = Options(8);
+  options.idle_timeout = absl::Minutes(10);
+  auto m = Manager(options);
+  std::map<std::string, engine::Session*> sessions;
+  for (const char* id : {"old", "recent", "busy"}) {
+    auto r = m->Attach(id, true, config_);
+    ASSERT_TRUE(r.ok()) << r.status();
+    sessions[id] = r->session;
+  }
+  // Changed since its last checkpoint: dropping it must not lose that.
+  sessions["old"]->set_history_length(7);
+  m->Detach("old");
+  now_ += absl::Minutes(6);
+  m->Detach("recent");
+  now_ += absl::Minutes(5);  // old idle 11 min, recent 5
+  ASSERT_TRUE(m->Sweep().ok());
+  EXPECT_EQ(m->sessions_in_memory(), 2);
+  auto recent = m->Attach("recent", false, config_);
+  ASSERT_TRUE(recent.ok()) << recent.status();
+  EXPECT_FALSE(recent->restored);
+  EXPECT_EQ(recent->session, sessions["recent"]);
+  m->Detach("recent");  // used now: its idle time starts again
+
+  now_ += absl::Minutes(9);
+  ASSERT_TRUE(m->Sweep().ok());
+  EXPECT_EQ(m->sessions_in_memory(), 2) << "recent was used 9 minutes ago";
+  now_ += absl::Minutes(2);
+  auto old = m->Attach("old", false, config_);  // also sweeps: recent goes
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_TRUE(old->restored);
+  EXPECT_EQ(old->session->history_length(), 7);
+  EXPECT_EQ(m->sessions_in_memory(), 2);
+  recent = m->Attach("recent", false, config_);
+  ASSERT_TRUE(recent.ok()) << recent.status();
+  EXPECT_TRUE(recent->restored);
+
+  // "busy" stayed attached for 22 minutes and is still the same session.
+  EXPECT_EQ(Code(m->Attach("busy", false, config_)), absl::StatusCode::kFailedPrecondition);
+  m->Detach("busy");
+  auto busy = m->Attach("busy", false, config_);
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  EXPECT_EQ(busy->session, sessions["busy"]);
+}
+
+TEST_F(SessionManagerTest, ZeroIdleTimeoutKeepsSessions) {
+  SessionManagerOptions options = Options(8);
+  options.idle_timeout = absl::ZeroDuration();
+  auto m = Manager(options);
+  auto a = m->Attach("a", true, config_);
+  ASSERT_TRUE(a.ok()) << a.status();
+  m->Detach("a");
+  now_ += absl::Hours(24 * 365);
+  ASSERT_TRUE(m->Sweep().ok());
+  auto again = m->Attach("a", false, config_);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->restored);
+  EXPECT_EQ(again->session, a->session);
+}
+
+// Beyond max_session_memory_bytes, detached sessions leave memory least
+// recently used first; attached ones stay even beyond it.
+TEST_F(SessionManagerTest, MemoryBudgetDropsLeastRecentlyUsed) {
+  int64_t one = 0;
+  {
+    auto probe = Manager(8);
+    auto p = probe->Attach("probe", true, config_);
+    ASSERT_TRUE(p.ok()) << p.status();
+    one = probe->memory_bytes();
+    EXPECT_EQ(one, SessionMemoryBytes(*p->session));
+    // At least the K/V rows the model shape needs in F32, and not far more.
+    const engine::ModelConfig& c = model_->backend->config();
+    const int64_t rows = int64_t{p->session->sequence().kv()->capacity()} * c.n_layers * 2 *
+                         c.n_kv_heads * c.head_dim * 4;
+    EXPECT_GE(one, rows);
+    EXPECT_LT(one, 2 * rows);
+  }
+  SessionManagerOptions options = Options(8);
+  options.idle_timeout = absl::ZeroDuration();
+  options.max_session_memory_bytes = 2 * one + one / 2;  // two sessions fit
+  auto m = Manager(options);
+  for (const char* id : {"a", "b", "c"}) ASSERT_TRUE(m->Attach(id, true, config_).ok());
+  EXPECT_EQ(m->sessions_in_memory(), 3) << "attached sessions stay over the budget";
+  EXPECT_EQ(m->memory_bytes(), 3 * one);
+  m->Detach("a");  // over budget: the only detached one goes
+  EXPECT_EQ(m->sessions_in_memory(), 2);
+  EXPECT_EQ(m->memory_bytes(), 2 * one);
+  m->Detach("b");
+  now_ += absl::Seconds(1);
+  m->Detach("c");
+  EXPECT_EQ(m->sessions_in_memory(), 2);
+  auto a = m->Attach("a", false, config_);  // b, least recently used, makes room
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(a->restored);
+  EXPECT_EQ(m->sessions_in_memory(), 2);
+  auto c = m->Attach("c", false, config_);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->restored);
+  auto b = m->Attach("b", false, config_);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->restored);
+  EXPECT_EQ(m->memory_bytes(), 3 * one);
+  ASSERT_TRUE(m->Delete("probe").ok());
+  m->Detach("a");
+  ASSERT_TRUE(m->Delete("a").ok());
+  EXPECT_EQ(m->memory_bytes(), 2 * one);
 }
 
 TEST_F(SessionManagerTest, CreateListDeleteAndLimit) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -14,6 +15,7 @@
 #include "engine/cpu_kv_storage.h"
 #include "engine/fp16.h"
 #include "engine/gguf_writer.h"
+#include "engine/host_buffer.h"
 #include "engine/model_weights.h"
 #include "gtest/gtest.h"
 
@@ -91,6 +93,76 @@ TEST(CpuKvStorageTest, WriteRoundsToTheDtypeReadWidensExactly) {
       EXPECT_EQ(FloatBits(v2[c]), FloatBits(want_v)) << KvDtypeName(dtype) << " c=" << c;
     }
   }
+}
+
+// ExportSlots / ImportSlots against Write / Read, slot by slot: shuffled
+// slot lists whose lengths are and are not multiples of the transpose block,
+// a storage big enough for huge pages, every dtype; fresh storage reads zero.
+TEST(CpuKvStorageTest, ExportImportMatchWriteReadForAnySlotOrder) {
+  const int64_t n_layers = 3, kv_dim = 40;
+  const int capacity = 4099;  // > 2 MiB per buffer in F32
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.f, 2.f);
+  for (KvDtype dtype : {KvDtype::kF32, KvDtype::kF16, KvDtype::kBF16}) {
+    auto src = CpuKvStorage::Create(n_layers, kv_dim, capacity, dtype);
+    auto dst = CpuKvStorage::Create(n_layers, kv_dim, capacity, dtype);
+    ASSERT_TRUE(src.ok() && dst.ok());
+    std::vector<float> k(kv_dim), v(kv_dim), k2(kv_dim), v2(kv_dim);
+    (*dst)->Read(2, capacity - 1, k2.data(), v2.data());
+    EXPECT_EQ(k2, std::vector<float>(kv_dim, 0.f)) << "new storage is not zero";
+    std::vector<int32_t> slots(capacity);
+    for (int i = 0; i < capacity; ++i) slots[i] = i;
+    std::shuffle(slots.begin(), slots.end(), rng);
+    for (int32_t slot : slots) {
+      for (int64_t layer = 0; layer < n_layers; ++layer) {
+        for (float& x : k) x = dist(rng);
+        for (float& x : v) x = dist(rng);
+        (*src)->Write(layer, slot, k.data(), v.data());
+      }
+    }
+    for (size_t n : {size_t{1}, size_t{15}, size_t{16}, size_t{33}, slots.size()}) {
+      const absl::Span<const int32_t> some = absl::MakeConstSpan(slots).first(n);
+      std::string bytes;
+      ASSERT_TRUE((*src)->ExportSlots(some, &bytes).ok());
+      ASSERT_EQ(bytes.size(), n_layers * 2 * n * kv_dim * KvDtypeBytes(dtype));
+      // The layout is (layer, {K, V}, i, kv_dim): check one row directly.
+      (*src)->Read(n_layers - 1, some[n - 1], k.data(), v.data());
+      const size_t row = kv_dim * KvDtypeBytes(dtype);
+      const size_t last_v = ((n_layers - 1) * 2 + 1) * n * row + (n - 1) * row;
+      if (dtype == KvDtype::kF32) {
+        EXPECT_EQ(std::memcmp(bytes.data() + last_v, v.data(), row), 0);
+      }
+      // Into other slots (reversed), then back out: the same rows.
+      std::vector<int32_t> other(some.rbegin(), some.rend());
+      ASSERT_TRUE((*dst)->ImportSlots(other, bytes).ok());
+      for (size_t i = 0; i < n; ++i) {
+        for (int64_t layer = 0; layer < n_layers; ++layer) {
+          (*src)->Read(layer, some[i], k.data(), v.data());
+          (*dst)->Read(layer, other[i], k2.data(), v2.data());
+          ASSERT_EQ(k, k2) << KvDtypeName(dtype) << " n=" << n << " i=" << i;
+          ASSERT_EQ(v, v2) << KvDtypeName(dtype) << " n=" << n << " i=" << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(HostBufferTest, ZeroedMovesAndFrees) {
+  for (size_t bytes : {size_t{0}, size_t{1}, size_t{4097}, size_t{5} << 20}) {
+    auto buffer = HostBuffer::Zeroed(bytes);
+    ASSERT_TRUE(buffer.ok()) << buffer.status();
+    EXPECT_EQ(buffer->size(), bytes);
+    const unsigned char* p = buffer->as<unsigned char>();
+    for (size_t i = 0; i < bytes; i += 511) ASSERT_EQ(p[i], 0) << i;
+    if (bytes > 0) buffer->as<unsigned char>()[bytes - 1] = 7;
+    HostBuffer moved = *std::move(buffer);
+    EXPECT_EQ(moved.size(), bytes);
+    if (bytes > 0) {
+      EXPECT_EQ(moved.as<unsigned char>()[bytes - 1], 7);
+    }
+  }
+  EXPECT_EQ(HostBuffer::Zeroed(~size_t{0}).status().code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 struct ModelCase {

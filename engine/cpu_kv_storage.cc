@@ -1,8 +1,10 @@
 #include "engine/cpu_kv_storage.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
-#include <new>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/fp16.h"
@@ -27,27 +29,27 @@ absl::StatusOr<std::unique_ptr<CpuKvStorage>> CpuKvStorage::Create(int64_t n_lay
     return absl::ResourceExhaustedError(
         absl::StrCat("KV storage of ", capacity, " slots is too large"));
   }
-  try {
-    return std::unique_ptr<CpuKvStorage>(
-        new CpuKvStorage(n_layers, kv_dim, capacity, dtype));
-  } catch (const std::bad_alloc&) {
+  const size_t buffer_bytes = static_cast<size_t>(elements) * KvDtypeBytes(dtype);
+  absl::StatusOr<HostBuffer> k = HostBuffer::Zeroed(buffer_bytes);
+  absl::StatusOr<HostBuffer> v =
+      k.ok() ? HostBuffer::Zeroed(buffer_bytes) : absl::StatusOr<HostBuffer>(k.status());
+  if (!v.ok()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "cannot allocate KV storage of ", capacity, " slots (",
-        static_cast<int64_t>(bytes / (1 << 20)), " MiB)"));
+        static_cast<int64_t>(bytes / (1 << 20)), " MiB): ", v.status().message()));
   }
+  return std::unique_ptr<CpuKvStorage>(
+      new CpuKvStorage(n_layers, kv_dim, capacity, dtype, *std::move(k), *std::move(v)));
 }
 
-CpuKvStorage::CpuKvStorage(int64_t n_layers, int64_t kv_dim, int capacity, KvDtype dtype)
-    : n_layers_(n_layers), kv_dim_(kv_dim), capacity_(capacity), dtype_(dtype) {
-  const size_t n = static_cast<size_t>(n_layers) * capacity * kv_dim;
-  if (dtype == KvDtype::kF32) {
-    k32_.resize(n);
-    v32_.resize(n);
-  } else {
-    k16_.resize(n);
-    v16_.resize(n);
-  }
-}
+CpuKvStorage::CpuKvStorage(int64_t n_layers, int64_t kv_dim, int capacity, KvDtype dtype,
+                           HostBuffer k, HostBuffer v)
+    : n_layers_(n_layers),
+      kv_dim_(kv_dim),
+      capacity_(capacity),
+      dtype_(dtype),
+      k_(std::move(k)),
+      v_(std::move(v)) {}
 
 absl::Status CpuKvStorage::CheckSlots(absl::Span<const int32_t> slots) const {
   for (int32_t slot : slots) {
@@ -62,24 +64,33 @@ absl::Status CpuKvStorage::CheckSlots(absl::Span<const int32_t> slots) const {
 void CpuKvStorage::Write(int64_t layer, int64_t slot, const float* k, const float* v) {
   const size_t base = Offset(layer) + slot;
   switch (dtype_) {
-    case KvDtype::kF32:
+    case KvDtype::kF32: {
+      float* kd = k_.as<float>() + base;  // (kv_dim) at stride capacity
+      float* vd = v_.as<float>() + base;
       for (int64_t c = 0; c < kv_dim_; ++c) {
-        k32_[base + c * capacity_] = k[c];
-        v32_[base + c * capacity_] = v[c];
+        kd[c * capacity_] = k[c];
+        vd[c * capacity_] = v[c];
       }
       break;
-    case KvDtype::kF16:
+    }
+    case KvDtype::kF16: {
+      uint16_t* kd = k_.as<uint16_t>() + base;
+      uint16_t* vd = v_.as<uint16_t>() + base;
       for (int64_t c = 0; c < kv_dim_; ++c) {
-        k16_[base + c * capacity_] = FloatToHalf(k[c]);
-        v16_[base + c * capacity_] = FloatToHalf(v[c]);
+        kd[c * capacity_] = FloatToHalf(k[c]);
+        vd[c * capacity_] = FloatToHalf(v[c]);
       }
       break;
-    case KvDtype::kBF16:
+    }
+    case KvDtype::kBF16: {
+      uint16_t* kd = k_.as<uint16_t>() + base;
+      uint16_t* vd = v_.as<uint16_t>() + base;
       for (int64_t c = 0; c < kv_dim_; ++c) {
-        k16_[base + c * capacity_] = FloatToBf16(k[c]);
-        v16_[base + c * capacity_] = FloatToBf16(v[c]);
+        kd[c * capacity_] = FloatToBf16(k[c]);
+        vd[c * capacity_] = FloatToBf16(v[c]);
       }
       break;
+    }
   }
 }
 
@@ -89,29 +100,28 @@ void CpuKvStorage::Read(int64_t layer, int64_t slot, float* k, float* v) const {
     const size_t i = base + c * capacity_;
     switch (dtype_) {
       case KvDtype::kF32:
-        k[c] = k32_[i];
-        v[c] = v32_[i];
+        k[c] = k_.as<float>()[i];
+        v[c] = v_.as<float>()[i];
         break;
       case KvDtype::kF16:
-        k[c] = HalfToFloat(k16_[i]);
-        v[c] = HalfToFloat(v16_[i]);
+        k[c] = HalfToFloat(k_.as<uint16_t>()[i]);
+        v[c] = HalfToFloat(v_.as<uint16_t>()[i]);
         break;
       case KvDtype::kBF16:
-        k[c] = Bf16ToFloat(k16_[i]);
-        v[c] = Bf16ToFloat(v16_[i]);
+        k[c] = Bf16ToFloat(k_.as<uint16_t>()[i]);
+        v[c] = Bf16ToFloat(v_.as<uint16_t>()[i]);
         break;
     }
   }
 }
 
 template <typename T>
-void CpuKvStorage::Move(std::vector<T>& k, std::vector<T>& v,
-                        absl::Span<const std::pair<int32_t, int32_t>> moves) {
+void CpuKvStorage::Move(absl::Span<const std::pair<int32_t, int32_t>> moves) {
   // Row by row, so each component row is walked once for all pairs.
   for (int64_t layer = 0; layer < n_layers_; ++layer) {
     for (int64_t c = 0; c < kv_dim_; ++c) {
-      T* kr = &k[Offset(layer) + c * capacity_];  // (capacity)
-      T* vr = &v[Offset(layer) + c * capacity_];  // (capacity)
+      T* kr = k_.as<T>() + Offset(layer) + c * capacity_;  // (capacity)
+      T* vr = v_.as<T>() + Offset(layer) + c * capacity_;  // (capacity)
       for (const auto& [from, to] : moves) {
         kr[to] = kr[from];
         vr[to] = vr[from];
@@ -126,25 +136,34 @@ absl::Status CpuKvStorage::MoveSlots(
     SINKSERVE_RETURN_IF_ERROR(CheckSlots({from, to}));
   }
   if (dtype_ == KvDtype::kF32) {
-    Move(k32_, v32_, moves);
+    Move<float>(moves);
   } else {
-    Move(k16_, v16_, moves);
+    Move<uint16_t>(moves);
   }
   return absl::OkStatus();
 }
 
+// Export and Import transpose between (slot, kv_dim) rows and the storage's
+// (kv_dim, capacity) columns a block of slots at a time: each component row
+// of the storage is then touched once per block rather than once per slot,
+// which keeps a whole-session restore far from cache-miss bound.
+constexpr size_t kTransposeBlock = 32;
+
 template <typename T>
-void CpuKvStorage::Export(const std::vector<T>& k, const std::vector<T>& v,
-                          absl::Span<const int32_t> slots, char* dst) const {
+void CpuKvStorage::Export(absl::Span<const int32_t> slots, char* dst) const {
   const size_t row_bytes = kv_dim_ * sizeof(T);
-  std::vector<T> row(kv_dim_);  // (kv_dim)
+  std::vector<T> rows(kTransposeBlock * kv_dim_);  // (block, kv_dim)
   for (int64_t layer = 0; layer < n_layers_; ++layer) {
-    for (const std::vector<T>* kv : {&k, &v}) {
-      const T* src = &(*kv)[Offset(layer)];  // (kv_dim, capacity)
-      for (int32_t slot : slots) {
-        for (int64_t c = 0; c < kv_dim_; ++c) row[c] = src[c * capacity_ + slot];
-        std::memcpy(dst, row.data(), row_bytes);
-        dst += row_bytes;
+    for (const HostBuffer* kv : {&k_, &v_}) {
+      const T* src = kv->as<T>() + Offset(layer);  // (kv_dim, capacity)
+      for (size_t b = 0; b < slots.size(); b += kTransposeBlock) {
+        const size_t n = std::min(kTransposeBlock, slots.size() - b);
+        for (int64_t c = 0; c < kv_dim_; ++c) {
+          const T* column = src + c * capacity_;
+          for (size_t j = 0; j < n; ++j) rows[j * kv_dim_ + c] = column[slots[b + j]];
+        }
+        std::memcpy(dst, rows.data(), n * row_bytes);
+        dst += n * row_bytes;
       }
     }
   }
@@ -157,23 +176,28 @@ absl::Status CpuKvStorage::ExportSlots(absl::Span<const int32_t> slots,
   out->resize(static_cast<size_t>(n_layers_) * 2 * slots.size() * kv_dim_ *
               KvDtypeBytes(dtype_));
   if (dtype_ == KvDtype::kF32) {
-    Export(k32_, v32_, slots, out->data());
+    Export<float>(slots, out->data());
   } else {
-    Export(k16_, v16_, slots, out->data());
+    Export<uint16_t>(slots, out->data());
   }
   return absl::OkStatus();
 }
 
 template <typename T>
-void CpuKvStorage::Import(std::vector<T>& k, std::vector<T>& v,
-                          absl::Span<const int32_t> slots, const char* src) {
-  // memcpy per value: the bytes carry no alignment guarantee.
+void CpuKvStorage::Import(absl::Span<const int32_t> slots, const char* src) {
+  const size_t row_bytes = kv_dim_ * sizeof(T);
+  // The bytes carry no alignment guarantee: copy a block of rows out first.
+  std::vector<T> rows(kTransposeBlock * kv_dim_);  // (block, kv_dim)
   for (int64_t layer = 0; layer < n_layers_; ++layer) {
-    for (std::vector<T>* kv : {&k, &v}) {
-      T* dst = &(*kv)[Offset(layer)];  // (kv_dim, capacity)
-      for (int32_t slot : slots) {
-        for (int64_t c = 0; c < kv_dim_; ++c, src += sizeof(T)) {
-          std::memcpy(&dst[c * capacity_ + slot], src, sizeof(T));
+    for (HostBuffer* kv : {&k_, &v_}) {
+      T* dst = kv->as<T>() + Offset(layer);  // (kv_dim, capacity)
+      for (size_t b = 0; b < slots.size(); b += kTransposeBlock) {
+        const size_t n = std::min(kTransposeBlock, slots.size() - b);
+        std::memcpy(rows.data(), src, n * row_bytes);
+        src += n * row_bytes;
+        for (int64_t c = 0; c < kv_dim_; ++c) {
+          T* column = dst + c * capacity_;
+          for (size_t j = 0; j < n; ++j) column[slots[b + j]] = rows[j * kv_dim_ + c];
         }
       }
     }
@@ -191,9 +215,9 @@ absl::Status CpuKvStorage::ImportSlots(absl::Span<const int32_t> slots,
         " slots needs ", want, " bytes, got ", bytes.size()));
   }
   if (dtype_ == KvDtype::kF32) {
-    Import(k32_, v32_, slots, bytes.data());
+    Import<float>(slots, bytes.data());
   } else {
-    Import(k16_, v16_, slots, bytes.data());
+    Import<uint16_t>(slots, bytes.data());
   }
   return absl::OkStatus();
 }

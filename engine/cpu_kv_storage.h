@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/backend.h"
+#include "engine/host_buffer.h"
 
 namespace sinkserve::engine {
 
@@ -47,10 +48,10 @@ class CpuKvStorage : public KvStorage {
   // Keys / values of `layer`: (kv_dim, capacity), component c of slot s at
   // [c * capacity() + s]. keys()/values() only for dtype() == kF32,
   // keys16()/values16() (F16 or BF16 bits) only for the half types.
-  const float* keys(int64_t layer) const { return &k32_[Offset(layer)]; }
-  const float* values(int64_t layer) const { return &v32_[Offset(layer)]; }
-  const uint16_t* keys16(int64_t layer) const { return &k16_[Offset(layer)]; }
-  const uint16_t* values16(int64_t layer) const { return &v16_[Offset(layer)]; }
+  const float* keys(int64_t layer) const { return k_.as<float>() + Offset(layer); }
+  const float* values(int64_t layer) const { return v_.as<float>() + Offset(layer); }
+  const uint16_t* keys16(int64_t layer) const { return k_.as<uint16_t>() + Offset(layer); }
+  const uint16_t* values16(int64_t layer) const { return v_.as<uint16_t>() + Offset(layer); }
 
   // Writes / reads the key and value of `slot` in `layer`: k, v (kv_dim),
   // rounded to the storage dtype on write. No bounds checks: the backend
@@ -59,30 +60,26 @@ class CpuKvStorage : public KvStorage {
   void Read(int64_t layer, int64_t slot, float* k, float* v) const;
 
  private:
-  CpuKvStorage(int64_t n_layers, int64_t kv_dim, int capacity, KvDtype dtype);
+  CpuKvStorage(int64_t n_layers, int64_t kv_dim, int capacity, KvDtype dtype, HostBuffer k,
+               HostBuffer v);
   size_t Offset(int64_t layer) const {
     return static_cast<size_t>(layer) * kv_dim_ * capacity_;
   }
   absl::Status CheckSlots(absl::Span<const int32_t> slots) const;
   template <typename T>
-  void Move(std::vector<T>& k, std::vector<T>& v,
-            absl::Span<const std::pair<int32_t, int32_t>> moves);
+  void Move(absl::Span<const std::pair<int32_t, int32_t>> moves);
   template <typename T>
-  void Export(const std::vector<T>& k, const std::vector<T>& v,
-              absl::Span<const int32_t> slots, char* dst) const;
+  void Export(absl::Span<const int32_t> slots, char* dst) const;
   template <typename T>
-  void Import(std::vector<T>& k, std::vector<T>& v, absl::Span<const int32_t> slots,
-              const char* src);
+  void Import(absl::Span<const int32_t> slots, const char* src);
 
   int64_t n_layers_;
   int64_t kv_dim_;
   int capacity_;
   KvDtype dtype_;
-  // Exactly one pair is allocated, by dtype_.
-  std::vector<float> k32_;     // (layer, kv_dim, capacity), keys before RoPE
-  std::vector<float> v32_;     // (layer, kv_dim, capacity)
-  std::vector<uint16_t> k16_;  // (layer, kv_dim, capacity), F16 or BF16 bits
-  std::vector<uint16_t> v16_;  // (layer, kv_dim, capacity)
+  // Elements are float for kF32, F16 or BF16 bits (uint16_t) otherwise.
+  HostBuffer k_;  // (layer, kv_dim, capacity), keys before RoPE
+  HostBuffer v_;  // (layer, kv_dim, capacity)
 };
 
 }  // namespace sinkserve::engine

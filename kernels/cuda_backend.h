@@ -18,6 +18,7 @@
 #include "absl/types/span.h"
 #include "engine/backend.h"
 #include "engine/model_weights.h"
+#include "kernels/cuda_backend_options.h"
 #include "kernels/ops.h"
 
 namespace sinkserve::kernels {
@@ -39,23 +40,6 @@ class CudaBackend : public engine::Backend {
                                         std::vector<SampleResult>* samples) = 0;
   // Steps served by replaying a captured CUDA graph (options.cuda_graphs).
   virtual int64_t graph_replays() const = 0;
-};
-
-struct CudaBackendOptions {
-  // CUDA device ordinal.
-  // Default: 0.
-  int device = 0;
-  // Type weight matrices are stored and multiplied in on the device; any
-  // supported GGUF type is converted at load. f32 is for exactness tests.
-  // Default: kF16.
-  engine::KvDtype weight_dtype = engine::KvDtype::kF16;
-  // Type of the KV rows of storages this backend makes.
-  // Default: kF16.
-  engine::KvDtype kv_dtype = engine::KvDtype::kF16;
-  // Capture steady decode steps (the same batch shape twice in a row) as CUDA
-  // graphs and replay them (kernels/decode_graphs.h).
-  // Default: false until verified on a GPU.
-  bool cuda_graphs = false;
 };
 
 // Whether the CUDA runtime sees at least one device. Never fails: no driver

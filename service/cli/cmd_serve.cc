@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "memory/cache_policy.h"
+#include "engine/backend.h"
+#include "service/cli/backend_flags.h"
 #include "service/cli/commands.h"
 #include "service/cli/policy_flags.h"
 #include "service/server/log.h"
@@ -45,6 +47,9 @@ int RunServe(const std::vector<std::string>& args) {
       {"listen", FlagKind::kString, "127.0.0.1:50051", "gRPC listen address"},
       {"metrics-listen", FlagKind::kString, "", "Prometheus /metrics address; empty = off"},
       {"threads", FlagKind::kInt, "0", "CPU threads of the decoder; 0 = one per core"},
+      {"kv-dtype", FlagKind::kString, "f32",
+       "K/V element type of every session: f32, f16 or bf16 (half the memory); a stored "
+       "session of another type is refused"},
       {"max-sessions-in-memory", FlagKind::kInt, "256",
        "sessions kept in RAM; detached ones (no stream attached) beyond are checkpointed "
        "and dropped, least recently used first; attaching when all are attached is "
@@ -82,8 +87,10 @@ int RunServe(const std::vector<std::string>& args) {
        "on SIGTERM, how long running turns may go on before they are cancelled"},
       {"sync", FlagKind::kBool, "true", "fsync each checkpoint (power-loss safe)"}};
   AddPolicyFlags(&specs, "streaming(4,252)");
+  AddBackendFlags(&specs);
   FlagSet flags("serve", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
+  if (int rc = CheckBackendFlag(flags, "serve"); rc >= 0) return rc;
   if (!flags.Has("model") || !flags.Has("db")) {
     std::cerr << "sinkserve serve: --model and --db are required\n";
     return kExitUsage;
@@ -116,9 +123,20 @@ int RunServe(const std::vector<std::string>& args) {
     return kExitUsage;
   }
 
+  auto kv_dtype = engine::ParseKvDtype(flags.GetString("kv-dtype"));
+  if (!kv_dtype.ok()) {
+    std::cerr << "sinkserve serve: --kv-dtype: " << kv_dtype.status().message() << "\n";
+    return kExitUsage;
+  }
+
   service::ServerOptions options;
   options.model.path = flags.GetString("model");
   options.model.threads = flags.GetInt("threads");
+  options.model.make_backend = [&flags, dtype = *kv_dtype,
+                                threads = static_cast<int>(flags.GetInt("threads"))](
+                                   std::shared_ptr<const engine::ModelWeights> weights) {
+    return BackendFromFlags(flags, std::move(weights), threads, dtype);
+  };
   options.db = flags.GetString("db");
   options.listen = flags.GetString("listen");
   options.metrics_listen = flags.GetString("metrics-listen");

@@ -3,6 +3,7 @@
 #ifndef SINKSERVE_SERVICE_SERVER_SERVING_MODEL_H_
 #define SINKSERVE_SERVICE_SERVER_SERVING_MODEL_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -17,8 +18,14 @@ namespace sinkserve::service {
 struct ServingModelOptions {
   // GGUF file. Default: "" (required).
   std::string path;
-  // CPU threads; 0 = one per core. Default: 0.
+  // CPU threads of the default backend; 0 = one per core. Default: 0.
   int threads = 0;
+  // Makes the backend for the loaded weights (the command line's --backend
+  // goes through kernels/backend_registry.h). Default: unset, the CPU backend
+  // with `threads` and F32 K/V.
+  std::function<absl::StatusOr<std::unique_ptr<engine::Backend>>(
+      std::shared_ptr<const engine::ModelWeights>)>
+      make_backend;
 };
 
 struct ServingModel {

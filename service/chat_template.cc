@@ -2,8 +2,10 @@
 
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -179,58 +181,145 @@ std::vector<std::string> StopTexts(const ChatTemplate& t) {
   return stops;
 }
 
-std::string FormatTurn(const ChatTemplate& t, const TurnContext& turn) {
+namespace {
+
+// Appends to a turn's pieces, joining a stretch to the previous one of its
+// kind so that a special token's text never straddles two pieces.
+class PieceBuilder {
+ public:
+  void Markup(absl::string_view text) { Add(text, true); }
+  void Content(absl::string_view text) { Add(text, false); }
+  std::vector<TurnPiece> Take() { return std::move(pieces_); }
+
+ private:
+  void Add(absl::string_view text, bool markup) {
+    if (text.empty()) return;
+    if (pieces_.empty() || pieces_.back().markup != markup) {
+      pieces_.push_back({std::string(), markup});
+    }
+    pieces_.back().text.append(text.data(), text.size());
+  }
+
+  std::vector<TurnPiece> pieces_;
+};
+
+}  // namespace
+
+std::vector<TurnPiece> FormatTurnPieces(const ChatTemplate& t,
+                                        const TurnContext& turn) {
   const absl::string_view user = AbslView(turn.user_text);
   const absl::string_view system = AbslView(turn.system_prompt);
   const bool first = turn.first_turn;
-  std::string out;
+  PieceBuilder out;
   if (first) {
-    if (turn.add_bos) out += t.bos_text;
+    if (turn.add_bos) out.Markup(t.bos_text);
   } else if (turn.after_assistant) {
-    out += EndOfAssistant(t);
+    out.Markup(EndOfAssistant(t));
   }
   switch (t.family) {
     case ChatFamily::kRaw:
-      if (first) absl::StrAppend(&out, system);
-      absl::StrAppend(&out, user);
+      if (first) out.Content(system);
+      out.Content(user);
       break;
     case ChatFamily::kLlama2:
       // Every [INST] opens with BOS; on the first turn that is `add_bos`'s.
-      if (!first) out += t.bos_text;
-      out += "[INST] ";
+      if (!first) out.Markup(t.bos_text);
+      out.Markup("[INST] ");
       if (first && !Trim(system).empty()) {
-        absl::StrAppend(&out, "<<SYS>>\n", Trim(system), "\n<</SYS>>\n\n");
+        out.Markup("<<SYS>>\n");
+        out.Content(Trim(system));
+        out.Markup("\n<</SYS>>\n\n");
       }
-      absl::StrAppend(&out, Trim(user), " [/INST]");
+      out.Content(Trim(user));
+      out.Markup(" [/INST]");
       break;
     case ChatFamily::kLlama3:
       if (first && !Trim(system).empty()) {
-        absl::StrAppend(&out, Llama3Header("system"), Trim(system), kLlama3Eot);
+        out.Markup(Llama3Header("system"));
+        out.Content(Trim(system));
+        out.Markup(kLlama3Eot);
       }
-      absl::StrAppend(&out, Llama3Header("user"), Trim(user), kLlama3Eot,
-                      Llama3Header("assistant"));
+      out.Markup(Llama3Header("user"));
+      out.Content(Trim(user));
+      out.Markup(absl::StrCat(kLlama3Eot, Llama3Header("assistant")));
       break;
     case ChatFamily::kChatMl:
       if (first && !system.empty()) {
-        absl::StrAppend(&out, "<|im_start|>system\n", system, kImEnd, "\n");
+        out.Markup("<|im_start|>system\n");
+        out.Content(system);
+        out.Markup(absl::StrCat(kImEnd, "\n"));
       }
-      absl::StrAppend(&out, "<|im_start|>user\n", user, kImEnd,
-                      "\n<|im_start|>assistant\n");
+      out.Markup("<|im_start|>user\n");
+      out.Content(user);
+      out.Markup(absl::StrCat(kImEnd, "\n<|im_start|>assistant\n"));
       break;
     case ChatFamily::kMistral:
-      out += "[INST] ";
-      if (first && !system.empty()) absl::StrAppend(&out, system, "\n\n");
-      absl::StrAppend(&out, user, " [/INST]");
+      out.Markup("[INST] ");
+      if (first && !system.empty()) {
+        out.Content(system);
+        out.Markup("\n\n");
+      }
+      out.Content(user);
+      out.Markup(" [/INST]");
       break;
     case ChatFamily::kZephyr:
       if (first && !system.empty()) {
-        absl::StrAppend(&out, "<|system|>\n", system, t.eos_text, "\n");
+        out.Markup("<|system|>\n");
+        out.Content(system);
+        out.Markup(absl::StrCat(t.eos_text, "\n"));
       }
-      absl::StrAppend(&out, "<|user|>\n", user, t.eos_text,
-                      "\n<|assistant|>\n");
+      out.Markup("<|user|>\n");
+      out.Content(user);
+      out.Markup(absl::StrCat(t.eos_text, "\n<|assistant|>\n"));
       break;
   }
+  return out.Take();
+}
+
+std::string FormatTurn(const ChatTemplate& t, const TurnContext& turn) {
+  std::string out;
+  for (const TurnPiece& piece : FormatTurnPieces(t, turn)) out += piece.text;
   return out;
+}
+
+TurnEncoder::TurnEncoder(const engine::Tokenizer& tokenizer)
+    : tokenizer_(tokenizer), splitter_(tokenizer.vocab()) {}
+
+absl::StatusOr<std::vector<int32_t>> TurnEncoder::Encode(
+    absl::Span<const TurnPiece> pieces) const {
+  // Plain text between special tokens is gathered across pieces and encoded
+  // in one call: both tokenizers treat a text fragment as a unit (BPE merges
+  // inside it, SentencePiece adds its dummy prefix at its start, i.e. after
+  // each special token), so the ids match those of the joined string.
+  engine::EncodeOptions plain;  // no BOS, no special parsing
+  std::vector<int32_t> ids;
+  std::string run;
+  const auto flush = [&]() -> absl::Status {
+    if (run.empty()) return absl::OkStatus();
+    absl::StatusOr<std::vector<int32_t>> run_ids =
+        tokenizer_.Encode(run, plain);
+    if (!run_ids.ok()) return run_ids.status();
+    ids.insert(ids.end(), run_ids->begin(), run_ids->end());
+    run.clear();
+    return absl::OkStatus();
+  };
+  for (const TurnPiece& piece : pieces) {
+    if (!piece.markup) {
+      run += piece.text;
+      continue;
+    }
+    for (const engine::TextFragment& fragment :
+         splitter_.Split(piece.text, /*parse_special=*/true)) {
+      if (fragment.token < 0) {
+        run.append(fragment.text.data(), fragment.text.size());
+        continue;
+      }
+      if (absl::Status s = flush(); !s.ok()) return s;
+      ids.push_back(fragment.token);
+    }
+  }
+  if (absl::Status s = flush(); !s.ok()) return s;
+  return ids;
 }
 
 }  // namespace sinkserve::service

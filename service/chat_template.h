@@ -3,13 +3,16 @@
 //
 // A session lives for days and its KV cache already holds every earlier turn,
 // so the template is never re-rendered over the whole history (as HF's Jinja
-// templates are): FormatTurn produces only the text to append to what is
+// templates are): FormatTurnPieces produces only what to append to what is
 // cached, ending with the assistant header so that generation starts there.
 //
-// Special tokens appear as their text ("<|eot_id|>", "</s>"); encode the
-// result with engine::EncodeOptions{.add_bos = false, .parse_special = true}
-// so that the splitter turns them into their ids. BOS comes from the template
-// text too (as `bos_text`), never from EncodeOptions::add_bos.
+// A turn is rendered as pieces, the template's markup apart from the user's
+// message and the system prompt, because only the markup may spell special
+// tokens ("<|eot_id|>", "</s>"): typed by a user, "<|im_end|>" must stay text,
+// or the user could close their own turn and write the assistant's. Encode a
+// turn with TurnEncoder, which parses special tokens in the markup only. BOS
+// comes from the markup too (as `bos_text`), never from
+// EncodeOptions::add_bos.
 #ifndef SINKSERVE_SERVICE_CHAT_TEMPLATE_H_
 #define SINKSERVE_SERVICE_CHAT_TEMPLATE_H_
 
@@ -18,6 +21,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/tokenizer.h"
 #include "engine/vocab.h"
 
 namespace sinkserve::service {
@@ -102,14 +107,57 @@ struct TurnContext {
   std::string_view system_prompt;
 };
 
-// The text to append to the cache for one user turn, ending where the
-// assistant's reply begins.
+// One stretch of a formatted turn.
+struct TurnPiece {
+  std::string text;
+  // The template's own markup, whose special-token texts are those tokens;
+  // false for the user's message and the system prompt, whose text is only
+  // ever text. Default: false.
+  bool markup = false;
+
+  bool operator==(const TurnPiece& other) const {
+    return text == other.text && markup == other.markup;
+  }
+};
+
+// What to append to the cache for one user turn, ending where the
+// assistant's reply begins. Adjacent pieces differ in `markup`; empty pieces
+// are left out.
+std::vector<TurnPiece> FormatTurnPieces(const ChatTemplate& chat_template,
+                                        const TurnContext& turn);
+
+// The pieces' texts joined: what the model reads, for logs and tests. Do not
+// tokenize it with special tokens parsed; use TurnEncoder.
 std::string FormatTurn(const ChatTemplate& chat_template,
                        const TurnContext& turn);
 
-// The text that closes an assistant reply (what FormatTurn puts first when
-// `after_assistant`): "<|eot_id|>", "<|im_end|>\n", the EOS text, or "" for
-// raw.
+// Token ids of formatted turns. Special-token texts become their ids in
+// markup only; the user's and system text is tokenized with parse_special
+// off. Text on either side of a piece boundary is tokenized as one run, so a
+// turn without special-token texts in its content encodes exactly as the
+// joined string would with special tokens parsed (the way llama.cpp and HF
+// encode a rendered template).
+//
+// Holds a view of the tokenizer, which must outlive it. Thread-safe.
+class TurnEncoder {
+ public:
+  explicit TurnEncoder(const engine::Tokenizer& tokenizer);
+
+  // INVALID_ARGUMENT when the text is not UTF-8.
+  absl::StatusOr<std::vector<int32_t>> Encode(
+      absl::Span<const TurnPiece> pieces) const;
+
+  const engine::Tokenizer& tokenizer() const { return tokenizer_; }
+
+ private:
+  const engine::Tokenizer& tokenizer_;
+  // Built once: it scans the whole vocabulary.
+  engine::SpecialTokenSplitter splitter_;
+};
+
+// The text that closes an assistant reply (the markup FormatTurnPieces puts
+// first when `after_assistant`): "<|eot_id|>", "<|im_end|>\n", the EOS text,
+// or "" for raw.
 std::string EndOfAssistant(const ChatTemplate& chat_template);
 
 // Texts that end an assistant reply when generated: the template's

@@ -8,6 +8,7 @@ session's history, so "equal to running alone" and "continues exactly after a
 restart" are checked by comparing token ids with an independent run.
 """
 
+import math
 import os
 import shutil
 import signal
@@ -16,18 +17,19 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
 import grpc
 
 from server_testlib import (EXAMPLE_CLIENT, MAKE_MODEL, MODEL, NOT_SERVING, SERVING,
-                            SINKSERVE, STUBS, Server, Stream, code_of, health, pb)
+                            SINKSERVE, STUBS, Server, Stream, code_of, health, metrics, pb,
+                            pb_grpc, reattach, rss_kb)
 
 # Small window: the conversations below evict, so restores carry evictions.
 POLICY = "streaming(4,60)"
 PROMPTS = ["Once upon a time", "Tom had a red ball", "The sun was hot", "Lily and Ben",
            "A little dog", "The cat sat", "One day, a bird", "Sam liked to run"]
 C = grpc.StatusCode
+VOCAB = 512  # stories260K's
 
 
 def turns_alone(stub, session_id, texts, max_tokens=20, config=None):
@@ -174,15 +176,29 @@ class ServerTest(unittest.TestCase):
         first = stream.recv()
         self.assertTrue(first.HasField("delta"))
         stream.send(cancel=pb.CancelTurn())
-        ids, _, end = stream.read_turn()
-        self.assertEqual(end.stop_reason, pb.STOP_REASON_CANCELLED)
-        self.assertLess(end.usage.generated_tokens, 90000)
+        ids, _, cut = stream.read_turn()
+        # The server's account: the cancel stopped it, after the tokens it sent.
+        self.assertEqual(cut.stop_reason, pb.STOP_REASON_CANCELLED)
+        self.assertEqual(cut.usage.generated_tokens, len(first.delta.token_ids) + len(ids))
+        self.assertLess(cut.usage.generated_tokens, 90000)
         # The stream goes on: another turn runs.
         _, _, end = stream.turn(" Next.", max_tokens=4)
         self.assertEqual(end.usage.generated_tokens, 4)
         stream.finish()
+        # The session is free at once and holds exactly what the two turns
+        # reported: both are rounds, and every prompt and generated token was
+        # fed except the last one sampled (it waits for the next turn).
+        again, opened = reattach(self.stub, "cancel", timeout=2)
+        self.assertEqual(opened.session.rounds, 2)
+        self.assertEqual(opened.session.tokens_seen,
+                         sum(e.usage.prompt_tokens + e.usage.generated_tokens
+                             for e in (cut, end)) - 1)
+        self.assertEqual(opened.session.cells_cached, end.usage.cells_kept)
+        again.finish()
 
     def test_client_vanishes_mid_stream(self):
+        cancelled = 'sinkserve_errors_total{code="CANCELLED"}'
+        cancelled_before = metrics(self.server.metrics_port)[cancelled]
         stream = Stream(self.stub)
         stream.open("vanish")
         stream.send(turn=pb.UserTurn(text="Once upon a time", max_tokens=90000,
@@ -190,21 +206,144 @@ class ServerTest(unittest.TestCase):
         stream.recv()
         stream.call.cancel()  # the client goes away without a word
         self.assertEqual(code_of(stream.recv), C.CANCELLED)
-        # The server frees the session at once: it can be attached again and
+        # The server noticed (not only the client's own call): it ended the
+        # stream as CANCELLED, stopped the turn and freed the session at once;
         # the cut-short turn counts as a round.
-        deadline = time.time() + 5
-        while True:
-            again = Stream(self.stub)
-            try:
-                opened = again.open("vanish", create=False)
-                break
-            except grpc.RpcError as e:
-                self.assertEqual(e.code(), C.FAILED_PRECONDITION)
-                self.assertLess(time.time(), deadline, "session never released")
-                time.sleep(0.02)
+        again, opened = reattach(self.stub, "vanish", timeout=2)
         self.assertEqual(opened.session.rounds, 1)
         self.assertLess(opened.session.tokens_seen, 90000)
         again.finish()
+        self.assertGreater(metrics(self.server.metrics_port)[cancelled], cancelled_before)
+
+    def test_logprobs(self):
+        stream = Stream(self.stub)
+        stream.open("logprobs")
+        stream.send(turn=pb.UserTurn(text="Once upon a time", max_tokens=24, logprobs=True))
+        deltas, end = stream.read_deltas()
+        stream.send(turn=pb.UserTurn(text=" Then", max_tokens=8))
+        unasked, _ = stream.read_deltas()
+        stream.finish()
+        for delta in deltas:
+            self.assertEqual(len(delta.logprobs), len(delta.token_ids))
+        logprobs = [lp for d in deltas for lp in d.logprobs]
+        self.assertEqual(len(logprobs), end.usage.generated_tokens)
+        for lp in logprobs:
+            self.assertTrue(math.isfinite(lp), logprobs)
+            self.assertLessEqual(lp, 0.0)
+            # Greedy takes the most likely token, which has p >= 1/vocab.
+            self.assertGreaterEqual(lp, -math.log(VOCAB) - 1e-4)
+        self.assertTrue(any(lp < -1e-3 for lp in logprobs), logprobs)  # not all certain
+        self.assertTrue(all(len(d.logprobs) == 0 for d in unasked))
+
+    def test_stop_strings(self):
+        stream = Stream(self.stub)
+        stream.open("stop-ref")
+        reference_ids, reference, end = stream.turn("Once upon a time", max_tokens=40)
+        stream.finish()
+        self.assertEqual(end.stop_reason, pb.STOP_REASON_MAX_TOKENS)
+        stop = reference[len(reference) // 2:len(reference) // 2 + 6]
+        stream = Stream(self.stub)
+        stream.open("stop")
+        stream.send(turn=pb.UserTurn(text="Once upon a time", max_tokens=40,
+                                     stop=["never said", stop], logprobs=True))
+        deltas, end = stream.read_deltas()
+        stream.finish()
+        reply = "".join(d.text for d in deltas)
+        ids = [i for d in deltas for i in d.token_ids]
+        self.assertEqual(end.stop_reason, pb.STOP_REASON_STOP_STRING)
+        self.assertNotIn(stop, reply)
+        self.assertEqual(reply, reference[:reference.index(stop)])
+        # Ids go out with their text: those of the reply, never the tokens
+        # spelling the stop string (generated, so counted in usage).
+        self.assertEqual(ids, reference_ids[:len(ids)])
+        self.assertLessEqual(len(ids), end.usage.generated_tokens)
+        self.assertEqual(len([p for d in deltas for p in d.logprobs]), len(ids))
+
+    def test_sampling_override(self):
+        """A turn's sampling settings beat the session's for that turn."""
+        text = "Once upon a time"
+        greedy = turns_alone(self.stub, "greedy-ref", [text], max_tokens=48)[0]
+        hot = pb.SessionConfig(sampling=pb.SamplingParams(temperature=1.5, seed=7))
+        # Seeded, so this differs from greedy every run, not by chance.
+        self.assertNotEqual(turns_alone(self.stub, "hot-ref", [text], max_tokens=48,
+                                        config=hot)[0], greedy)
+        stream = Stream(self.stub)
+        stream.open("hot", config=hot)
+        ids, _, _ = stream.turn(text, max_tokens=48, sampling=pb.SamplingParams(temperature=0))
+        stream.finish()
+        self.assertEqual(ids, greedy)
+
+    def test_usage_evictions_and_timings(self):
+        # Its own policy label, so that the eviction counter sees only this
+        # session.
+        label = 'sinkserve_evicted_cells_total{policy="window"}'
+        before = metrics(self.server.metrics_port)[label]
+        stream = Stream(self.stub)
+        stream.open("evict", config=pb.SessionConfig(
+            policy=pb.CachePolicy(kind=pb.POLICY_WINDOW, window=48)))
+        _, _, fits = stream.turn("Once upon a time", max_tokens=30)
+        self.assertEqual(fits.usage.cells_evicted, 0)
+        _, _, over = stream.turn(" Then the dog ran.", max_tokens=80)
+        self.assertGreater(over.usage.cells_evicted, 0)
+        self.assertEqual(over.usage.cells_kept, 48)
+        # What was kept, plus what was fed, less what was evicted.
+        self.assertEqual(fits.usage.cells_kept + over.usage.prompt_tokens
+                         + over.usage.generated_tokens - over.usage.cells_evicted,
+                         over.usage.cells_kept)
+        for end in (fits, over):
+            self.assertGreater(end.timings.time_to_first_token_ms, 0)
+            self.assertGreater(end.timings.tokens_per_second, 0)
+        # A cancelled turn evicts too, and the counter counts it.
+        stream.send(turn=pb.UserTurn(text=" More.", max_tokens=90000, ignore_eos=True))
+        stream.recv()
+        stream.send(cancel=pb.CancelTurn())
+        _, _, cut = stream.read_turn()
+        self.assertEqual(cut.stop_reason, pb.STOP_REASON_CANCELLED)
+        self.assertGreater(cut.usage.cells_evicted, 0)
+        stream.finish()
+        self.assertEqual(metrics(self.server.metrics_port)[label] - before,
+                         over.usage.cells_evicted + cut.usage.cells_evicted)
+
+    def test_slow_reader_gets_backpressure(self):
+        """A client that stops reading pauses its turn, the server holding a
+        bounded backlog meanwhile; once it reads again the turn completes."""
+        # Without BDP probing the client's HTTP/2 window stays at 64 KiB, so
+        # the pause comes a few thousand tokens in (with it, the window grows
+        # to megabytes: a whole turn fits).
+        channel = grpc.insecure_channel(self.server.address,
+                                        options=[("grpc.http2.bdp_probe", 0)])
+        max_tokens = 20000
+
+        def tokens_seen():
+            return self.stub.GetSession(
+                pb.GetSessionRequest(session_id="slow-reader")).tokens_seen
+        try:
+            stream = Stream(pb_grpc.SinkServeStub(channel))
+            stream.open("slow-reader")
+            stream.send(turn=pb.UserTurn(text="Once upon a time", max_tokens=max_tokens,
+                                         ignore_eos=True))
+            first = stream.recv()  # then read nothing
+            deadline = time.time() + 30
+            seen = tokens_seen()
+            while True:
+                time.sleep(0.3)
+                now = tokens_seen()
+                if now == seen:
+                    break
+                seen = now
+                self.assertLess(time.time(), deadline, "the turn never paused")
+            self.assertLess(seen, max_tokens // 2)  # paused mid-turn, not done
+            rss = rss_kb(self.server.proc.pid)
+            time.sleep(1)
+            self.assertEqual(tokens_seen(), seen)
+            self.assertLess(rss_kb(self.server.proc.pid) - rss, 2048)
+            ids, _, end = stream.read_turn()
+            stream.finish()
+        finally:
+            channel.close()
+        self.assertEqual(end.stop_reason, pb.STOP_REASON_MAX_TOKENS)
+        self.assertEqual(end.usage.generated_tokens, max_tokens)
+        self.assertEqual(len(first.delta.token_ids) + len(ids), max_tokens)
 
     def test_cpp_clients(self):
         """`sinkserve chat` (the C++ client) and `sinkserve bench load`."""
@@ -264,13 +403,7 @@ class ServerTest(unittest.TestCase):
         stream.finish()
         self.assertEqual(code_of(lambda: self.stub.GetSession(
             pb.GetSessionRequest(session_id="nobody-here"))), C.NOT_FOUND)
-        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
+        values = metrics(self.server.metrics_port)
         self.assertGreaterEqual(values["sinkserve_generated_tokens_total"],
                                 end.usage.generated_tokens)
         self.assertGreaterEqual(values["sinkserve_prompt_tokens_total"], end.usage.prompt_tokens)
@@ -352,6 +485,11 @@ class ServerTest(unittest.TestCase):
             stream.open("slow")
             stream.turn("a", max_tokens=90000, ignore_eos=True)
         self.assertEqual(code_of(too_slow), C.DEADLINE_EXCEEDED)
+        # The server honoured it too: the turn stopped and the session is free.
+        again, opened = reattach(stub, "slow", timeout=2)
+        self.assertEqual(opened.session.rounds, 1)
+        self.assertLess(opened.session.tokens_seen, 90000)
+        again.finish()
 
 
 class LimitsAndStoreTest(unittest.TestCase):
@@ -379,24 +517,46 @@ class LimitsAndStoreTest(unittest.TestCase):
             f.write("--max-sessions=2\n--max-message-bytes=4096\n--max-prompt-tokens=64\n")
         server = self.start(f"--flagfile={flagfile}")
         stub = server.stub
-        for name in ("one", "two"):
-            stub.CreateSession(pb.CreateSessionRequest(session_id=name))
+
+        # A system prompt that leaves no room for a turn is refused when the
+        # session is created, not on every turn after, and nothing is kept.
+        chatty = pb.SessionConfig(system_prompt="Once upon a time " * 20)
+        with self.assertRaises(grpc.RpcError) as raised:
+            Stream(stub).open("chatty", config=chatty)
+        self.assertEqual(raised.exception.code(), C.RESOURCE_EXHAUSTED)
+        self.assertIn("system prompt", raised.exception.details())
+        self.assertEqual(code_of(lambda: stub.GetSession(
+            pb.GetSessionRequest(session_id="chatty"))), C.NOT_FOUND)
+        with self.assertRaises(grpc.RpcError) as raised:
+            stub.CreateSession(pb.CreateSessionRequest(session_id="chatty", config=chatty))
+        self.assertEqual(raised.exception.code(), C.RESOURCE_EXHAUSTED)
+        self.assertIn("system prompt", raised.exception.details())
+
+        stub.CreateSession(pb.CreateSessionRequest(
+            session_id="one", config=pb.SessionConfig(system_prompt="A story.")))
+        stub.CreateSession(pb.CreateSessionRequest(session_id="two"))
         self.assertEqual(code_of(lambda: stub.CreateSession(
             pb.CreateSessionRequest(session_id="three"))), C.RESOURCE_EXHAUSTED)
 
-        def turn(text):
-            stream = Stream(stub)
-            stream.open("one", create=False)
-            stream.turn(text, max_tokens=2)
+        def turn(text, **fields):
+            stream, _ = reattach(stub, "one")
+            stream.turn(text, max_tokens=2, **fields)
             stream.finish()
-        self.assertEqual(code_of(lambda: turn("Once upon a time " * 40)), C.RESOURCE_EXHAUSTED)
+
+        def details_of(fn):
+            with self.assertRaises(grpc.RpcError) as raised:
+                fn()
+            self.assertEqual(raised.exception.code(), C.RESOURCE_EXHAUSTED)
+            return raised.exception.details()
+        # Prompt tokens: 680 bytes, over 64 tokens.
+        self.assertIn("prompt tokens", details_of(lambda: turn("Once upon a time " * 40)))
+        # Message bytes: a short prompt whose stop strings carry 5000 bytes.
+        self.assertIn("larger than max",
+                      details_of(lambda: turn("Once upon a time", stop=["x" * 5000])))
+        turn("Once upon a time", stop=["x" * 50])  # the same turn, smaller: fine
         # A policy whose cache would not fit the per-session cell limit.
         huge = pb.SessionConfig(policy=pb.CachePolicy(kind=pb.POLICY_WINDOW, window=1 << 20))
-        with self.assertRaises(grpc.RpcError) as raised:
-            Stream(stub).open("one-more", config=huge)
-        self.assertEqual(raised.exception.code(), C.RESOURCE_EXHAUSTED)
-        self.assertIn("cells", raised.exception.details())
-        self.assertEqual(code_of(lambda: turn("x" * 5000)), C.RESOURCE_EXHAUSTED)
+        self.assertIn("cells", details_of(lambda: Stream(stub).open("one-more", config=huge)))
         turn("Once upon a time")  # within the limits: fine
 
     def test_lru_drop_and_reload(self):

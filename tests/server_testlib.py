@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import grpc
 
@@ -140,20 +141,62 @@ class Stream:
         return self.read_turn()
 
     def read_turn(self):
-        ids, text = [], ""
+        deltas, end = self.read_deltas()
+        ids = [i for d in deltas for i in d.token_ids]
+        return ids, "".join(d.text for d in deltas), end
+
+    def read_deltas(self):
+        """The turn's TokenDelta messages and its TurnEnd."""
+        deltas = []
         while True:
             response = self.recv()
             if response.HasField("delta"):
-                ids.extend(response.delta.token_ids)
-                text += response.delta.text
+                deltas.append(response.delta)
             elif response.HasField("turn_end"):
-                return ids, text, response.turn_end
+                return deltas, response.turn_end
 
     def finish(self):
         """Half-closes and waits for the end of the call (raises on error)."""
         self.close()
         for _ in self.call:
             pass
+
+
+def reattach(stub, session_id, timeout=5.0):
+    """Opens `session_id` on a new stream, retrying while the server still
+    holds it for a stream that ended (FAILED_PRECONDITION); returns (stream,
+    SessionOpened). Raises AssertionError when it is not released in time."""
+    deadline = time.time() + timeout
+    while True:
+        stream = Stream(stub)
+        try:
+            return stream, stream.open(session_id, create=False)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            if time.time() > deadline:
+                raise AssertionError(f"session {session_id} not released in {timeout} s")
+            time.sleep(0.02)
+
+
+def metrics(port):
+    """The server's /metrics as {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def rss_kb(pid):
+    """Resident set size of process `pid` (kB), from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def code_of(fn):

@@ -169,6 +169,19 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("NOT_FOUND", err)
 
+    def test_names_cover_the_proto_enums(self):
+        """Every PolicyKind and StopReason value has the client's name for it."""
+        for value in pb.StopReason.values():
+            self.assertEqual(
+                sinkserve_client.STOP_REASONS.get(value),
+                pb.StopReason.Name(value).removeprefix("STOP_REASON_").lower())
+        self.assertEqual(len(sinkserve_client.STOP_REASONS),
+                         len(pb.StopReason.values()))
+        self.assertEqual(
+            sinkserve_client.POLICIES,
+            tuple(pb.PolicyKind.Name(v).removeprefix("POLICY_").lower()
+                  for v in sorted(pb.PolicyKind.values())))
+
     def test_admin_commands(self):
         for i in range(5):
             self.assertEqual(self.run_client("create", "--session", f"s{i}")[0],

@@ -18,9 +18,11 @@ import queue
 import sys
 
 STUBS_ENV = "SINKSERVE_PY_STUBS"
+# Lower-case names of the proto's PolicyKind and StopReason values, by number
+# (client_test.py checks them against the generated enums).
 POLICIES = ("unspecified", "full", "window", "streaming", "sirllm")
 STOP_REASONS = {0: "unspecified", 1: "eos", 2: "stop_string", 3: "max_tokens",
-                4: "cancelled"}
+                4: "cancelled", 5: "context_full"}
 
 
 def load_stubs(stubs_dir):

@@ -4,6 +4,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/sequence.h"
+#include "service/server/log.h"
 #include "service/server/status_util.h"
 
 namespace sinkserve::service {
@@ -161,6 +163,19 @@ void ChatStream::DoOpen(const v1::OpenSession& open) {
   const ServingCore& core = service_->core();
   absl::StatusOr<AttachResult> attached =
       core.sessions->Attach(open.session_id(), open.create_if_missing(), open.config());
+  if (attached.ok()) {
+    if (absl::Status fits = CheckFreshSessionFits(*attached->session); !fits.ok()) {
+      // Refused before any turn could fail on it; a session this open just
+      // created is not left behind.
+      core.sessions->Detach(open.session_id());
+      if (attached->created) {
+        if (absl::Status s = core.sessions->Delete(open.session_id()); !s.ok()) {
+          ServerLog("deleting refused session ", open.session_id(), " failed: ", s.ToString());
+        }
+      }
+      attached = fits;
+    }
+  }
   v1::ChatResponse response;
   if (attached.ok()) {
     v1::SessionOpened* opened = response.mutable_opened();
@@ -190,11 +205,23 @@ void ChatStream::DoOpen(const v1::OpenSession& open) {
   }
 }
 
+absl::Status ChatStream::CheckFreshSessionFits(const engine::Session& session) const {
+  const engine::Sequence& seq = session.sequence();
+  // The system prompt is only ever fed with the first turn.
+  if (seq.cache().tokens_seen() > 0 || !seq.pending().empty()) return absl::OkStatus();
+  const ServingCore& core = service_->core();
+  absl::StatusOr<ChatTemplate> chat_template = core.sessions->TemplateOf(session);
+  if (!chat_template.ok()) return chat_template.status();
+  return CheckSystemPromptFits(*core.encoder, *chat_template, session.config().system_prompt,
+                               core.limits.turn);
+}
+
 void ChatStream::DoTurn(const v1::UserTurn& request,
                         std::chrono::steady_clock::time_point received) {
   const ServingCore& core = service_->core();
   ChatTurnContext context;
   context.model = core.model;
+  context.encoder = core.encoder;
   context.sessions = core.sessions;
   context.metrics = core.metrics;
   context.limits = core.limits.turn;

@@ -55,6 +55,9 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   // Scheduler thread.
   void DoOpen(const v1::OpenSession& open);
   void DoTurn(const v1::UserTurn& turn, std::chrono::steady_clock::time_point received);
+  // A session that has not run a turn yet must have room for one (see
+  // CheckSystemPromptFits).
+  absl::Status CheckFreshSessionFits(const engine::Session& session) const;
 
   // Locked helpers (mu_ held).
   void WriteLocked();

@@ -39,6 +39,26 @@ bool HasAnySetting(const v1::SamplingParams& p) {
 
 }  // namespace
 
+absl::Status CheckSystemPromptFits(const TurnEncoder& encoder, const ChatTemplate& chat_template,
+                                   std::string_view system_prompt, const ChatTurnLimits& limits) {
+  if (system_prompt.empty()) return absl::OkStatus();
+  TurnContext first;
+  first.first_turn = true;
+  first.add_bos = encoder.tokenizer().vocab().add_bos;
+  first.system_prompt = system_prompt;
+  // A user message (never empty) adds at least a token to this count, so at
+  // the limit no turn fits.
+  absl::StatusOr<std::vector<int32_t>> ids = encoder.Encode(FormatTurnPieces(chat_template, first));
+  if (!ids.ok()) return absl::InvalidArgumentError(ids.status().message());
+  if (static_cast<int64_t>(ids->size()) >= limits.max_prompt_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the system prompt takes ", ids->size(), " prompt tokens with its template markup; a turn "
+        "may add at most ", limits.max_prompt_tokens, " (--max-prompt-tokens), which leaves no "
+        "room for a user message"));
+  }
+  return absl::OkStatus();
+}
+
 ChatTurn::ChatTurn(const ChatTurnContext& context, engine::Session* session,
                    std::shared_ptr<TurnOutput> output)
     : context_(context), session_(session), output_(std::move(output)) {}
@@ -95,12 +115,13 @@ absl::StatusOr<std::unique_ptr<ChatTurn>> ChatTurn::Create(
   text_context.after_assistant = !first_turn && !reply_closed;
   text_context.add_bos = vocab.add_bos;
   text_context.system_prompt = session->config().system_prompt;
-  const std::string formatted = FormatTurn(chat_template, text_context);
-  absl::StatusOr<std::vector<int32_t>> prompt = tokenizer.Encode(formatted, special);
+  absl::StatusOr<std::vector<int32_t>> prompt =
+      context.encoder->Encode(FormatTurnPieces(chat_template, text_context));
   if (!prompt.ok()) return absl::InvalidArgumentError(prompt.status().message());
   if (static_cast<int64_t>(prompt->size()) > limits.max_prompt_tokens) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "turn of ", prompt->size(), " tokens is over the limit of ", limits.max_prompt_tokens));
+    return absl::ResourceExhaustedError(absl::StrCat("turn of ", prompt->size(),
+                                                     " prompt tokens is over the limit of ",
+                                                     limits.max_prompt_tokens));
   }
 
   engine::Sampler* sampler = &session->sampler();
@@ -117,20 +138,30 @@ absl::StatusOr<std::unique_ptr<ChatTurn>> ChatTurn::Create(
   }
 
   ChatTurn* self = turn.get();
+  // Ids go out with their text (on_ids), which a stop string can hold back
+  // or drop; a token's log-probability must be taken when it is sampled, so
+  // it waits in held_logprobs_ until its id is released.
   turn->callbacks_.on_token = [self](int32_t id) {
-    self->delta_.add_token_ids(id);
     if (self->want_logprobs_) {
       // The model's own log-probability, before sampling filters.
-      self->delta_.add_logprobs(
+      self->held_logprobs_.push_back(
           static_cast<float>(-engine::Surprisal(self->session_->sequence().last_logits(), id)));
     }
     return true;
+  };
+  turn->callbacks_.on_ids = [self](int32_t id) {
+    self->delta_.add_token_ids(id);
+    if (self->want_logprobs_ && !self->held_logprobs_.empty()) {
+      self->delta_.add_logprobs(self->held_logprobs_.front());
+      self->held_logprobs_.pop_front();
+    }
   };
   turn->callbacks_.on_text = [self](std::string_view text) {
     self->delta_.mutable_text()->append(text.data(), text.size());
   };
   turn->driver_ = std::make_unique<engine::TurnDriver>(session->sequence(), tokenizer, *sampler,
                                                        options, turn->callbacks_);
+  turn->evicted_before_ = session->sequence().cache().evicted_total();
   SINKSERVE_RETURN_IF_ERROR(turn->driver_->Start(*prompt));
   session->Touch();
   return turn;
@@ -161,7 +192,14 @@ void ChatTurn::OnEnd(const absl::Status& status) {
     // Same RNG and penalty window as if the session's own sampler had run.
     (void)session_->sampler().RestoreState(override_sampler_->SaveState());
   }
-  Metrics* metrics = context_.metrics;
+  // Failed and cancelled turns fed, generated and evicted too.
+  const engine::GenerationStats& stats = driver_->stats();
+  const int64_t evicted = session_->sequence().cache().evicted_total() - evicted_before_;
+  if (Metrics* metrics = context_.metrics; metrics != nullptr) {
+    metrics->AddGenerated(stats.generated_tokens);
+    metrics->AddPromptTokens(stats.prompt_tokens);
+    metrics->AddEvictions(memory::PolicyKindName(session_->config().policy.kind), evicted);
+  }
   if (!status.ok()) {
     session_->Touch();
     // Keep the store in step with what the failed turn left in memory.
@@ -173,12 +211,6 @@ void ChatTurn::OnEnd(const absl::Status& status) {
   }
   Flush();
   session_->FinishRound();
-  const engine::GenerationStats& stats = driver_->stats();
-  if (metrics != nullptr) {
-    metrics->AddGenerated(stats.generated_tokens);
-    metrics->AddPromptTokens(stats.prompt_tokens);
-    metrics->AddEvictions(memory::PolicyKindName(session_->config().policy.kind), stats.evicted);
-  }
   // Durable before the client hears the turn is over.
   if (absl::Status s = context_.sessions->Checkpoint(session_); !s.ok()) {
     ServerLog("checkpoint of session ", session_->id(), " failed: ", s.ToString());
@@ -193,7 +225,7 @@ void ChatTurn::OnEnd(const absl::Status& status) {
   end->mutable_usage()->set_prompt_tokens(stats.prompt_tokens);
   end->mutable_usage()->set_generated_tokens(stats.generated_tokens);
   end->mutable_usage()->set_cells_kept(session_->sequence().cache().size());
-  end->mutable_usage()->set_cells_evicted(stats.evicted);
+  end->mutable_usage()->set_cells_evicted(evicted);
   if (first_token_.has_value()) {
     end->mutable_timings()->set_time_to_first_token_ms(1e3 * Seconds(*first_token_ - received_));
   }

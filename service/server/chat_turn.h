@@ -1,18 +1,21 @@
 // ChatTurn: one user turn of a Chat stream, as the scheduler steps it.
 //
-// It formats and tokenizes the user's message with the session's chat
-// template, drives the session's Sequence with an engine::TurnDriver (the
-// same loop engine::RunTurn runs alone, so a turn produces the same tokens
-// batched or alone), streams token deltas to its TurnOutput, and when the turn
+// It formats the user's message with the session's chat template and
+// tokenizes it (special tokens count in the template's markup only), drives
+// the session's Sequence with an engine::TurnDriver (the same loop
+// engine::RunTurn runs alone, so a turn produces the same tokens batched or
+// alone), streams token deltas to its TurnOutput, and when the turn
 // ends closes the round, checkpoints the session and only then sends TurnEnd:
 // a client that saw TurnEnd can rely on the turn surviving a crash.
 #ifndef SINKSERVE_SERVICE_SERVER_CHAT_TURN_H_
 #define SINKSERVE_SERVICE_SERVER_CHAT_TURN_H_
 
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -20,6 +23,7 @@
 #include "engine/generator.h"
 #include "engine/sampler.h"
 #include "engine/session.h"
+#include "service/chat_template.h"
 #include "service/metrics.h"
 #include "service/server/scheduler.h"
 #include "service/server/serving_model.h"
@@ -55,8 +59,16 @@ struct ChatTurnLimits {
   int max_tokens_limit = 8192;
 };
 
+// RESOURCE_EXHAUSTED when the first turn's markup and the system prompt take
+// `limits.max_prompt_tokens` or more on their own: no user message would fit,
+// so every turn of the session would fail. Checked when a session is created
+// or first opened, where the client can still fix its config.
+absl::Status CheckSystemPromptFits(const TurnEncoder& encoder, const ChatTemplate& chat_template,
+                                   std::string_view system_prompt, const ChatTurnLimits& limits);
+
 struct ChatTurnContext {
   ServingModel* model = nullptr;
+  const TurnEncoder* encoder = nullptr;  // of model->tokenizer
   SessionManager* sessions = nullptr;
   Metrics* metrics = nullptr;  // may be null
   ChatTurnLimits limits;
@@ -86,6 +98,7 @@ class ChatTurn : public ScheduledTurn {
   engine::Session* session_;
   std::shared_ptr<TurnOutput> output_;
   bool want_logprobs_ = false;
+  std::deque<float> held_logprobs_;  // of sampled tokens whose ids are not out yet
   engine::GeneratorOptions options_;
   engine::GeneratorCallbacks callbacks_;
   // This turn's sampler when it overrides the session's settings; it carries
@@ -97,6 +110,9 @@ class ChatTurn : public ScheduledTurn {
   std::chrono::steady_clock::time_point received_;
   std::optional<std::chrono::steady_clock::time_point> first_token_;
   std::chrono::steady_clock::time_point last_token_;
+  // The cache's eviction count when the turn began: the driver reports a
+  // turn's evictions only when it finishes, not when it fails.
+  int64_t evicted_before_ = 0;
 };
 
 }  // namespace sinkserve::service

@@ -1,18 +1,77 @@
 #include "service/server/server.h"
 
+#include <algorithm>
+
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <future>
+#include <memory>
+#include <string_view>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/support/server_interceptor.h"
 #include "memory/status_macros.h"
 #include "service/server/log.h"
 
 namespace sinkserve::service {
+namespace {
+
+// Answers NOT_SERVING in the first response of one health call.
+class NotServingOnce : public grpc::experimental::Interceptor {
+ public:
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (!done_ && methods->QueryInterceptionHookPoint(
+                      grpc::experimental::InterceptionHookPoints::PRE_SEND_MESSAGE)) {
+      done_ = true;
+      if (grpc::ByteBuffer* message = methods->GetSerializedSendMessage(); message != nullptr) {
+        // grpc.health.v1.HealthCheckResponse{status: NOT_SERVING}, hand-encoded
+        // (Debian ships no health stubs): field 1, varint 2.
+        static constexpr uint8_t kNotServing[] = {0x08, 0x02};
+        grpc::Slice slice(kNotServing, sizeof(kNotServing));
+        *message = grpc::ByteBuffer(&slice, 1);
+      }
+    }
+    methods->Proceed();
+  }
+
+ private:
+  bool done_ = false;
+};
+
+// gRPC's default health service starts out SERVING for "" and answers as soon
+// as the port listens, before Start() can set it NOT_SERVING: a probe landing
+// in between would call a server without a model ready. gRPC 1.51 has no hook
+// between creating that service and listening (plugins run before it exists or
+// after the port is up), so health calls that begin before Close() (called
+// once the status is NOT_SERVING) have their first answer (a Check's only one,
+// a Watch's initial status) replaced by NOT_SERVING. Later calls are not
+// intercepted at all.
+class EarlyHealthGate : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  void Close() { closed_.store(true, std::memory_order_release); }
+
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    if (closed_.load(std::memory_order_acquire) || info->method() == nullptr) return nullptr;
+    const std::string_view method = info->method();
+    if (method != "/grpc.health.v1.Health/Check" && method != "/grpc.health.v1.Health/Watch") {
+      return nullptr;
+    }
+    return new NotServingOnce();
+  }
+
+ private:
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options,
@@ -32,14 +91,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
   builder.RegisterService(server->service_.get());
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  auto gate = std::make_unique<EarlyHealthGate>();
+  EarlyHealthGate* early_health = gate.get();  // owned by the grpc::Server
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::move(gate));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ != nullptr) {
+    server->grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    early_health->Close();
+  }
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
   }
-  server->grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   if (on_listening) on_listening(server->port_, server->metrics_->port());
 
   SINKSERVE_ASSIGN_OR_RETURN(server->model_, ServingModel::Load(options.model));
+  server->encoder_ = std::make_unique<TurnEncoder>(*server->model_->tokenizer);
   memory::RocksDbSessionStoreOptions store_options;
   store_options.sync = options.sync;
   SINKSERVE_ASSIGN_OR_RETURN(server->store_,
@@ -49,9 +117,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                                                     server->metrics_.get(), options.sessions));
   server->scheduler_ =
       std::make_unique<Scheduler>(server->model_->backend.get(), options.scheduler);
+  server->StartSweeper(options.sessions.idle_timeout);
 
   ServingCore core;
   core.model = server->model_.get();
+  core.encoder = server->encoder_.get();
   core.sessions = server->sessions_.get();
   core.scheduler = server->scheduler_.get();
   core.metrics = server->metrics_.get();
@@ -61,9 +131,33 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   return server;
 }
 
+void Server::StartSweeper(absl::Duration idle_timeout) {
+  if (idle_timeout <= absl::ZeroDuration()) return;
+  // Sessions also leave memory when the manager is next used (every attach,
+  // detach and checkpoint sweeps); this covers a server that goes quiet.
+  const absl::Duration period =
+      std::clamp(idle_timeout / 4, absl::Seconds(1), absl::Seconds(60));
+  sweeper_ = std::thread([this, period] {
+    while (!stop_sweeper_.WaitForNotificationWithTimeout(period)) {
+      scheduler_->Post([this] {
+        if (absl::Status s = sessions_->Sweep(); !s.ok()) {
+          ServerLog("dropping idle sessions: ", s.ToString());
+        }
+      });
+    }
+  });
+}
+
+void Server::StopSweeper() {
+  if (!sweeper_.joinable()) return;
+  stop_sweeper_.Notify();
+  sweeper_.join();
+}
+
 absl::Status Server::Drain(absl::Duration grace) {
   if (drained_) return absl::OkStatus();
   drained_ = true;
+  StopSweeper();
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   service_->StartDrain();
   ServerLog("draining: waiting up to ", absl::FormatDuration(grace), " for running turns");
@@ -109,6 +203,7 @@ absl::Status Server::Drain(absl::Duration grace) {
 }
 
 Server::~Server() {
+  StopSweeper();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now());
     grpc_server_->Wait();

@@ -7,12 +7,15 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "memory/rocksdb_session_store.h"
+#include "service/chat_template.h"
 #include "service/metrics.h"
 #include "service/server/scheduler.h"
 #include "service/server/serving_model.h"
@@ -61,14 +64,22 @@ class Server {
 
  private:
   Server() = default;
+  // A thread that posts SessionManager::Sweep to the scheduler every
+  // idle_timeout / 4 (1 s to 60 s), so idle sessions leave memory even when
+  // no request comes; none for a zero timeout.
+  void StartSweeper(absl::Duration idle_timeout);
+  void StopSweeper();
 
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<SinkServeService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<ServingModel> model_;
+  std::unique_ptr<TurnEncoder> encoder_;
   std::unique_ptr<memory::RocksDbSessionStore> store_;
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::thread sweeper_;
+  absl::Notification stop_sweeper_;
   int port_ = 0;
   bool drained_ = false;
 };

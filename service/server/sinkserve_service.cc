@@ -70,6 +70,18 @@ grpc::ServerUnaryReactor* SinkServeService::CreateSession(grpc::CallbackServerCo
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
   RunUnary(reactor, [this, request, response]() -> absl::Status {
+    // Refused before it is stored: no turn of it could ever run. A bad
+    // template name is left for CreateDetached to report.
+    const v1::SessionConfig& config = request->config();
+    if (absl::StatusOr<ChatTemplateSelection> selection =
+            SelectChatTemplate(config.chat_template(), core_.model->chat_info);
+        selection.ok()) {
+      if (absl::Status fits = CheckSystemPromptFits(*core_.encoder, selection->chat_template,
+                                                    config.system_prompt(), core_.limits.turn);
+          !fits.ok()) {
+        return fits;
+      }
+    }
     absl::StatusOr<v1::SessionInfo> info =
         core_.sessions->CreateDetached(request->session_id(), request->config());
     if (!info.ok()) return info.status();

@@ -35,6 +35,7 @@ struct ServiceLimits {
 // service's serving phase.
 struct ServingCore {
   ServingModel* model = nullptr;
+  const TurnEncoder* encoder = nullptr;  // of model->tokenizer
   SessionManager* sessions = nullptr;  // scheduler thread only
   Scheduler* scheduler = nullptr;
   Metrics* metrics = nullptr;  // may be null

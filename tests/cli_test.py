@@ -174,6 +174,13 @@ class Backend(unittest.TestCase):
             self.assertEqual(r.returncode, 2, (command, r.stderr))
             self.assertIn("--backend gpu", r.stderr)
 
+    def test_serve_checks_backend_and_kv_dtype_before_loading(self):
+        with tempfile.TemporaryDirectory() as d:
+            for flag, value in (("--backend", "gpu"), ("--kv-dtype", "f8")):
+                r = run("serve", "--model", MODEL, "--db", d, flag, value)
+                self.assertEqual(r.returncode, 2, (flag, r.stderr))
+                self.assertIn(flag, r.stderr)
+
     def test_auto_is_cpu_where_cuda_is_unusable(self):
         args = ["--temperature", "0", "--max-tokens", "20"]
         cuda = run("generate", "--model", MODEL, "--backend", "cuda", "--ids", *args)

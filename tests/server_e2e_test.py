@@ -613,6 +613,32 @@ class LimitsAndStoreTest(unittest.TestCase):
                          C.FAILED_PRECONDITION)
 
 
+    def test_half_precision_kv_and_a_dtype_change(self):
+        """--kv-dtype f16 sessions continue exactly after a restart; a server
+        on f32 K/V refuses them (their rows would have to be re-rounded)."""
+        texts = ["Once upon a time", " The dog barked.", " Lily smiled."]
+        server = self.start("--kv-dtype", "f16", "--default-policy", "streaming(4,28)")
+        alone = turns_alone(server.stub, "alone", texts)
+        stream = Stream(server.stub)
+        stream.open("half")
+        split = [stream.turn(t, max_tokens=20)[0] for t in texts[:2]]
+        stream.finish()
+        self.assertEqual(server.terminate(), 0)
+        shown = subprocess.run([SINKSERVE, "sessions", "--db", self.db, "show", "half"],
+                               capture_output=True, text=True, timeout=30)
+        self.assertIn("f16 x 5 layers", shown.stdout, shown.stderr)
+        server = self.start("--kv-dtype", "f16", "--default-policy", "streaming(4,28)")
+        stream, opened = reattach(server.stub, "half")
+        self.assertTrue(opened.restored)
+        split.append(stream.turn(texts[2], max_tokens=20)[0])
+        stream.finish()
+        self.assertEqual(split, alone)
+        self.assertEqual(server.terminate(), 0)
+        server = self.start("--default-policy", "streaming(4,28)")
+        self.assertEqual(code_of(lambda: Stream(server.stub).open("half", create=False)),
+                         C.FAILED_PRECONDITION)
+
+
 class RestartTest(unittest.TestCase):
     """SIGTERM and SIGKILL mid-conversation, restart on the same --db: the
     session continues exactly from its last completed turn."""

@@ -541,6 +541,11 @@ void RocksDbSessionStore::WaitForCompactions() {
   }
 }
 
+absl::Status RocksDbSessionStore::Sync() {
+  SINKSERVE_RETURN_IF_ERROR(CheckWritable());
+  return FromRocks(db_->SyncWAL(), "sync of the write-ahead log");
+}
+
 absl::Status RocksDbSessionStore::Flush() {
   SINKSERVE_RETURN_IF_ERROR(CheckWritable());
   SINKSERVE_RETURN_IF_ERROR(FromRocks(ResumeIfStopped(), "flush (resuming)"));

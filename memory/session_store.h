@@ -127,6 +127,11 @@ class SessionStore {
   // NOT_FOUND if there is no such session.
   virtual absl::Status Delete(std::string_view id) = 0;
 
+  // Makes every write that has returned so far durable (survive power loss),
+  // for stores that do not sync each write: one sync then covers many
+  // checkpoints (group commit). Default: nothing to do.
+  virtual absl::Status Sync() { return absl::OkStatus(); }
+
   // Reads every record of every session and checks it; reports all bad
   // sessions. Fails only if the store itself cannot be read.
   virtual absl::StatusOr<VerifyReport> Verify() const = 0;

@@ -200,27 +200,23 @@ void ChatTurn::OnEnd(const absl::Status& status) {
     metrics->AddPromptTokens(stats.prompt_tokens);
     metrics->AddEvictions(memory::PolicyKindName(session_->config().policy.kind), evicted);
   }
+  // The client hears the turn is over only once its checkpoint is durable;
+  // the turns ending in the same scheduler step share one sync.
+  std::shared_ptr<TurnOutput> output = output_;
+  const std::string id = session_->id();
   if (!status.ok()) {
     session_->Touch();
     // Keep the store in step with what the failed turn left in memory.
-    if (absl::Status s = context_.sessions->Checkpoint(session_); !s.ok()) {
-      ServerLog("checkpoint of session ", session_->id(), " failed: ", s.ToString());
-    }
-    output_->TurnEnded(status, nullptr);
+    context_.sessions->CheckpointTurn(session_, [output, id, status](const absl::Status& s) {
+      if (!s.ok()) ServerLog("checkpoint of session ", id, " failed: ", s.ToString());
+      output->TurnEnded(status, nullptr);
+    });
     return;
   }
   Flush();
   session_->FinishRound();
-  // Durable before the client hears the turn is over.
-  if (absl::Status s = context_.sessions->Checkpoint(session_); !s.ok()) {
-    ServerLog("checkpoint of session ", session_->id(), " failed: ", s.ToString());
-    output_->TurnEnded(absl::UnavailableError(
-                           absl::StrCat("the turn ran but its checkpoint failed: ", s.message())),
-                       nullptr);
-    return;
-  }
-  v1::ChatResponse response;
-  v1::TurnEnd* end = response.mutable_turn_end();
+  auto response = std::make_shared<v1::ChatResponse>();
+  v1::TurnEnd* end = response->mutable_turn_end();
   end->set_stop_reason(ToProto(stats.stop));
   end->mutable_usage()->set_prompt_tokens(stats.prompt_tokens);
   end->mutable_usage()->set_generated_tokens(stats.generated_tokens);
@@ -232,7 +228,16 @@ void ChatTurn::OnEnd(const absl::Status& status) {
   if (stats.generate_seconds > 0) {
     end->mutable_timings()->set_tokens_per_second(stats.generated_tokens / stats.generate_seconds);
   }
-  output_->TurnEnded(absl::OkStatus(), &response);
+  context_.sessions->CheckpointTurn(session_, [output, id, response](const absl::Status& s) {
+    if (!s.ok()) {
+      ServerLog("checkpoint of session ", id, " failed: ", s.ToString());
+      output->TurnEnded(absl::UnavailableError(absl::StrCat(
+                            "the turn ran but its checkpoint failed: ", s.message())),
+                        nullptr);
+      return;
+    }
+    output->TurnEnded(absl::OkStatus(), response.get());
+  });
 }
 
 }  // namespace sinkserve::service

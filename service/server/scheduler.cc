@@ -64,7 +64,9 @@ void Scheduler::Loop() {
     for (auto& task : tasks) task();
     if (stop) break;
     ReapCancelled();
-    if (!Step() && tasks.empty()) {
+    const bool stepped = Step();
+    AfterStep();
+    if (!stepped && tasks.empty()) {
       // Every turn waits for its reader (or none runs): sleep until a Wake,
       // a task or, as a safety net, a short timeout.
       std::unique_lock<std::mutex> lock(mu_);
@@ -74,6 +76,7 @@ void Scheduler::Loop() {
   }
   cancel_all_ = true;
   ReapCancelled();
+  AfterStep();
   // Tasks posted until now run here; later ones run on their caller's thread.
   while (true) {
     std::deque<std::function<void()>> tasks;
@@ -103,6 +106,10 @@ bool Scheduler::ReapCancelled() {
   cancel_all_ = false;
   if (any) Remove(&ended);
   return any;
+}
+
+void Scheduler::AfterStep() {
+  if (options_.after_step) options_.after_step();
 }
 
 void Scheduler::Remove(std::vector<bool>* ended) {

@@ -50,6 +50,10 @@ struct SchedulerOptions {
   // Most turns in one forward pass; the others wait, taken in rotation.
   // Default: 256.
   int max_batch = 256;
+  // Runs on the scheduler thread after each step and after cancelled turns
+  // are ended, once for all the turns that ended there (the session
+  // manager's group commit). Default: none.
+  std::function<void()> after_step;
 };
 
 struct SchedulerStats {
@@ -88,6 +92,7 @@ class Scheduler {
   bool Step();
   // Ends turns that asked to; true if any.
   bool ReapCancelled();
+  void AfterStep();
   void Remove(std::vector<bool>* ended);
 
   engine::Backend* backend_;

@@ -108,15 +108,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
 
   SINKSERVE_ASSIGN_OR_RETURN(server->model_, ServingModel::Load(options.model));
   server->encoder_ = std::make_unique<TurnEncoder>(*server->model_->tokenizer);
+  // Durability is the session manager's: it syncs the store once for all the
+  // turns that end in a scheduler step (group commit) instead of per write.
   memory::RocksDbSessionStoreOptions store_options;
-  store_options.sync = options.sync;
+  store_options.sync = false;
   SINKSERVE_ASSIGN_OR_RETURN(server->store_,
                              memory::RocksDbSessionStore::Open(options.db, store_options));
+  SessionManagerOptions session_options = options.sessions;
+  session_options.sync = options.sync;
   SINKSERVE_ASSIGN_OR_RETURN(server->sessions_,
                              SessionManager::Create(server->model_.get(), server->store_.get(),
-                                                    server->metrics_.get(), options.sessions));
+                                                    server->metrics_.get(), session_options));
+  SchedulerOptions scheduler_options = options.scheduler;
+  scheduler_options.after_step = [sessions = server->sessions_.get()] {
+    sessions->CompleteTurnCheckpoints();
+  };
   server->scheduler_ =
-      std::make_unique<Scheduler>(server->model_->backend.get(), options.scheduler);
+      std::make_unique<Scheduler>(server->model_->backend.get(), scheduler_options);
   server->StartSweeper(options.sessions.idle_timeout);
 
   ServingCore core;

@@ -225,7 +225,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
     it->second.attached = true;
     lru_.erase(it->second.lru);
     result.session = it->second.session.get();
-    SweepAndLog();
+    LogIfError(SweepAndLog());
     return result;
   }
   absl::StatusOr<memory::LoadedSession> loaded = store_->Load(id, model_->fingerprint);
@@ -237,7 +237,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
     result.session = session.get();
     result.restored = true;
     Insert(std::move(session), /*attached=*/true);
-    SweepAndLog();
+    LogIfError(SweepAndLog());
     return result;
   }
   if (loaded.status().code() != absl::StatusCode::kNotFound) return loaded.status();
@@ -249,7 +249,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
   result.session = session.get();
   result.created = true;
   Insert(std::move(session), /*attached=*/true);
-  SweepAndLog();
+  LogIfError(SweepAndLog());
   return result;
 }
 
@@ -265,7 +265,7 @@ void SessionManager::Detach(const std::string& id) {
       ServerLog("cannot drop a session from memory: ", s.ToString());
     }
   }
-  SweepAndLog();
+  LogIfError(SweepAndLog());
 }
 
 absl::StatusOr<v1::SessionInfo> SessionManager::CreateDetached(const std::string& id,
@@ -280,7 +280,7 @@ absl::StatusOr<v1::SessionInfo> SessionManager::CreateDetached(const std::string
                              NewSession(id, config, &warnings));
   v1::SessionInfo info = InfoOf(*session);
   Insert(std::move(session), /*attached=*/false);
-  SweepAndLog();
+  SINKSERVE_RETURN_IF_ERROR(SweepAndLog());
   return info;
 }
 
@@ -328,24 +328,49 @@ absl::Status SessionManager::Delete(const std::string& id) {
     in_memory = true;
   }
   absl::Status s = store_->Delete(id);
-  if (s.ok()) --stored_sessions_;
+  if (s.ok()) {
+    --stored_sessions_;
+    unsynced_ = true;
+  }
   if (s.code() == absl::StatusCode::kNotFound) {
     s = in_memory ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no session ", id));
   }
   UpdateGauges();
-  SweepAndLog();
-  return s;
+  absl::Status synced = SweepAndLog();
+  return s.ok() ? synced : s;
 }
 
 absl::Status SessionManager::Checkpoint(engine::Session* session) {
   absl::Status s = CheckpointSession(session);
-  SweepAndLog();
-  return s;
+  absl::Status synced = SweepAndLog();
+  return s.ok() ? synced : s;
+}
+
+void SessionManager::CheckpointTurn(engine::Session* session,
+                                    std::function<void(const absl::Status&)> done) {
+  turn_checkpoints_.push_back({CheckpointSession(session), std::move(done)});
+}
+
+void SessionManager::CompleteTurnCheckpoints() {
+  if (turn_checkpoints_.empty()) return;
+  std::vector<TurnCheckpoint> ended = std::move(turn_checkpoints_);
+  turn_checkpoints_.clear();
+  const absl::Status synced = SweepAndLog();
+  for (TurnCheckpoint& turn : ended) turn.done(turn.written.ok() ? synced : turn.written);
+}
+
+absl::Status SessionManager::SyncIfNeeded() {
+  if (!unsynced_ || !options_.sync) return absl::OkStatus();
+  // Cleared first: a failed sync is reported to the writes it covered, and
+  // the next write tries again.
+  unsynced_ = false;
+  return store_->Sync();
 }
 
 absl::Status SessionManager::CheckpointSession(engine::Session* session) {
   if (!session->dirty()) return absl::OkStatus();
   SINKSERVE_ASSIGN_OR_RETURN(memory::CheckpointResult result, session->Checkpoint(store_));
+  unsynced_ = true;
   if (metrics_ != nullptr) {
     metrics_->ObserveCheckpoint(absl::ToDoubleSeconds(result.latency),
                                 static_cast<int64_t>(result.bytes_written));
@@ -360,7 +385,8 @@ absl::Status SessionManager::CheckpointAll() {
     absl::Status s = CheckpointSession(entry.session.get());
     if (first.ok() && !s.ok()) first = s;
   }
-  return first;
+  absl::Status synced = SyncIfNeeded();
+  return first.ok() ? synced : first;
 }
 
 absl::Status SessionManager::Drop(std::map<std::string, Entry>::iterator it) {
@@ -393,6 +419,12 @@ absl::Status SessionManager::MakeRoom() {
 }
 
 absl::Status SessionManager::Sweep() {
+  absl::Status dropped = DropIdle();
+  absl::Status synced = SyncIfNeeded();
+  return dropped.ok() ? synced : dropped;
+}
+
+absl::Status SessionManager::DropIdle() {
   absl::Status first;
   const bool idle_limit = options_.idle_timeout > absl::ZeroDuration();
   const absl::Time now = options_.clock();
@@ -414,10 +446,15 @@ absl::Status SessionManager::Sweep() {
   return first;
 }
 
-void SessionManager::SweepAndLog() {
-  if (absl::Status s = Sweep(); !s.ok()) {
+void SessionManager::LogIfError(const absl::Status& synced) {
+  if (!synced.ok()) ServerLog("sync of the session store failed: ", synced.ToString());
+}
+
+absl::Status SessionManager::SweepAndLog() {
+  if (absl::Status s = DropIdle(); !s.ok()) {
     ServerLog("cannot drop a session from memory: ", s.ToString());
   }
+  return SyncIfNeeded();
 }
 
 void SessionManager::Insert(std::unique_ptr<engine::Session> session, bool attached) {

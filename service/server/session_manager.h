@@ -71,6 +71,11 @@ struct SessionManagerOptions {
   int64_t max_session_memory_bytes = 0;
   // The clock idle_timeout is measured with. Default: absl::Now.
   std::function<absl::Time()> clock = absl::Now;
+  // Make every write durable (SessionStore::Sync) before it counts as done.
+  // Open the store without per-write sync then: each call below syncs once
+  // for what it wrote, and the turn checkpoints of one scheduler step share
+  // one sync (CheckpointTurn). Default: true.
+  bool sync = true;
 };
 
 // Memory a session in memory holds: its K/V rows (capacity x layers x K and V
@@ -115,6 +120,15 @@ class SessionManager {
 
   // Checkpoints the session if dirty; metrics recorded. Then sweeps.
   absl::Status Checkpoint(engine::Session* session);
+  // Group commit for the end of a turn: checkpoints `session` now and calls
+  // `done` with the outcome once that checkpoint is durable, at the next
+  // CompleteTurnCheckpoints, so every turn that ends in one scheduler step
+  // shares one sync. A turn must not tell its client it is over before.
+  void CheckpointTurn(engine::Session* session, std::function<void(const absl::Status&)> done);
+  // One sync for every CheckpointTurn since the last call, then their `done`
+  // in order (with the checkpoint's error, or else the sync's). The
+  // scheduler calls it after each step.
+  void CompleteTurnCheckpoints();
   // Checkpoints every dirty session in memory; the first error is returned
   // after trying all.
   absl::Status CheckpointAll();
@@ -126,11 +140,11 @@ class SessionManager {
 
   // Drops detached sessions idle for idle_timeout, then detached ones beyond
   // max_session_memory_bytes, least recently used first, each after a
-  // checkpoint if dirty. Every call that changes what is attached or stored
-  // (Attach, Detach, CreateDetached, Delete, Checkpoint) ends with it; a
-  // timer may call it too. A session whose checkpoint fails stays (dropping
-  // it would lose turns); the first such error is returned after trying the
-  // others.
+  // checkpoint if dirty (made durable before it returns). Every call that
+  // changes what is attached or stored (Attach, Detach, CreateDetached,
+  // Delete, Checkpoint) ends with it; a timer may call it too. A session
+  // whose checkpoint fails stays (dropping it would lose turns); the first
+  // such error is returned after trying the others.
   absl::Status Sweep();
 
   int sessions_in_memory() const { return static_cast<int>(sessions_.size()); }
@@ -160,9 +174,16 @@ class SessionManager {
   // Checkpoints the detached session at `it` if dirty and drops it from
   // memory; on a failed checkpoint it stays.
   absl::Status Drop(std::map<std::string, Entry>::iterator it);
+  // Sweep's drops without the sync.
+  absl::Status DropIdle();
   // Sweep for callers whose own result a failing sweep must not change: the
-  // error is logged.
-  void SweepAndLog();
+  // error is logged. Returns SyncIfNeeded's status.
+  absl::Status SweepAndLog();
+  // With options.sync, makes what was written since the last sync durable.
+  absl::Status SyncIfNeeded();
+  // For callers with no status to return it in (Attach, Detach).
+  static void LogIfError(const absl::Status& synced);
+  // Writes the session's checkpoint if dirty (not yet synced).
   absl::Status CheckpointSession(engine::Session* session);
   void Insert(std::unique_ptr<engine::Session> session, bool attached);
   void UpdateGauges() const;
@@ -175,6 +196,12 @@ class SessionManager {
   std::list<std::string> lru_;  // detached sessions, least recently used first
   int64_t stored_sessions_ = 0;
   int64_t memory_bytes_ = 0;  // SessionMemoryBytes summed over sessions_
+  bool unsynced_ = false;     // written since the last sync
+  struct TurnCheckpoint {
+    absl::Status written;
+    std::function<void(const absl::Status&)> done;
+  };
+  std::vector<TurnCheckpoint> turn_checkpoints_;  // awaiting CompleteTurnCheckpoints
 };
 
 }  // namespace sinkserve::service

@@ -5,6 +5,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -12,6 +14,42 @@
 
 namespace sinkserve::service {
 namespace {
+
+// The real store, counting Sync calls: the group commit's contract is about
+// how many there are.
+class SyncCountingStore : public memory::SessionStore {
+ public:
+  explicit SyncCountingStore(memory::SessionStore* store) : store_(store) {}
+  absl::StatusOr<memory::CheckpointResult> Put(const memory::SessionState& state) override {
+    return store_->Put(state);
+  }
+  absl::StatusOr<memory::CheckpointResult> Append(std::string_view id, uint64_t base_version,
+                                                  const memory::SessionDelta& delta) override {
+    return store_->Append(id, base_version, delta);
+  }
+  absl::StatusOr<memory::LoadedSession> Load(std::string_view id,
+                                             std::string_view fingerprint) const override {
+    return store_->Load(id, fingerprint);
+  }
+  absl::StatusOr<bool> Exists(std::string_view id) const override { return store_->Exists(id); }
+  absl::StatusOr<memory::SessionInfo> Info(std::string_view id) const override {
+    return store_->Info(id);
+  }
+  absl::StatusOr<memory::ListPage> List(const memory::ListOptions& options) const override {
+    return store_->List(options);
+  }
+  absl::Status Delete(std::string_view id) override { return store_->Delete(id); }
+  absl::StatusOr<memory::VerifyReport> Verify() const override { return store_->Verify(); }
+  absl::Status Sync() override {
+    ++syncs;
+    return store_->Sync();
+  }
+
+  int syncs = 0;
+
+ private:
+  memory::SessionStore* store_;
+};
 
 class SessionManagerTest : public ::testing::Test {
  protected:
@@ -269,6 +307,53 @@ TEST_F(SessionManagerTest, CreateListDeleteAndLimit) {
   auto s1 = fresh->Attach("s1", false, config_);
   ASSERT_TRUE(s1.ok()) << s1.status();
   EXPECT_TRUE(s1->restored);
+}
+
+TEST_F(SessionManagerTest, TurnCheckpointsOfOneStepShareOneSync) {
+  SyncCountingStore counting(store_.get());
+  auto created = SessionManager::Create(model_.get(), &counting, nullptr, Options(8));
+  ASSERT_TRUE(created.ok()) << created.status();
+  SessionManager& m = **created;
+  auto a = m.Attach("a", true, config_);
+  auto b = m.Attach("b", true, config_);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(counting.syncs, 2) << "each created session is durable before Attach returns";
+
+  std::vector<std::string> told;
+  for (auto* attached : {&*a, &*b}) {
+    attached->session->FinishRound();  // what a turn's end leaves: dirty
+    const std::string id = attached->session->id();
+    m.CheckpointTurn(attached->session, [&told, id](const absl::Status& s) {
+      EXPECT_TRUE(s.ok()) << s;
+      told.push_back(id);
+    });
+  }
+  EXPECT_TRUE(told.empty()) << "a turn heard it was over before its checkpoint was synced";
+  EXPECT_EQ(counting.syncs, 2);
+  m.CompleteTurnCheckpoints();
+  EXPECT_EQ(told, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(counting.syncs, 3) << "two turn ends, one sync";
+  for (const char* id : {"a", "b"}) {
+    auto info = store_->Info(id);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->rounds, 1) << id;
+  }
+  m.CompleteTurnCheckpoints();
+  EXPECT_EQ(counting.syncs, 3) << "nothing was written: no sync";
+
+  // Without options.sync the manager never syncs (the store's own mode holds).
+  SessionManagerOptions unsynced = Options(8);
+  unsynced.sync = false;
+  auto lax = SessionManager::Create(model_.get(), &counting, nullptr, unsynced);
+  ASSERT_TRUE(lax.ok());
+  auto c = (*lax)->Attach("c", true, config_);
+  ASSERT_TRUE(c.ok());
+  c->session->FinishRound();
+  bool done = false;
+  (*lax)->CheckpointTurn(c->session, [&done](const absl::Status& s) { done = s.ok(); });
+  (*lax)->CompleteTurnCheckpoints();
+  EXPECT_TRUE(done);
+  EXPECT_EQ(counting.syncs, 3);
 }
 
 }  // namespace

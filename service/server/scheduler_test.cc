@@ -1,6 +1,7 @@
 #include "service/server/scheduler.h"
 
 #include <condition_variable>
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -49,6 +50,7 @@ class RecordingTurn : public ScheduledTurn {
   // The scheduler destroys the turn right after: results go to `result`.
   void OnEnd(const absl::Status& s) override {
     std::lock_guard<std::mutex> lock(*mu);
+    if (scheduler != nullptr) result->ended_after_steps = scheduler->stats().steps;
     result->status = s;
     result->stats = driver_->stats();
     result->tokens.insert(result->tokens.end(), tokens.begin(), tokens.end());
@@ -60,6 +62,7 @@ class RecordingTurn : public ScheduledTurn {
     std::vector<int32_t> tokens;
     absl::Status status;
     GenerationStats stats;
+    int64_t ended_after_steps = -1;  // batched steps the scheduler had run
   };
   std::vector<int32_t> tokens;
   int steps = 0;
@@ -67,6 +70,7 @@ class RecordingTurn : public ScheduledTurn {
   std::mutex* mu = nullptr;
   std::condition_variable* cv = nullptr;
   int* ended = nullptr;
+  const Scheduler* scheduler = nullptr;  // for Result::ended_after_steps
 
  private:
   GeneratorOptions options_;
@@ -210,6 +214,84 @@ TEST_F(SchedulerTest, CancelEndsTheTurnAtOnce) {
   EXPECT_EQ(result.stats.generated_tokens, 1);
   // The sampled token stays pending: the conversation keeps it.
   EXPECT_EQ(seq->pending().size(), 1u);
+}
+
+// Runs `prompts` as turns of `max_tokens` on one scheduler, all added in one
+// task (so they start in the same step); returns their results.
+std::vector<RecordingTurn::Result> RunTogether(SchedulerTest* test, engine::Backend* backend,
+                                               const engine::Tokenizer& tokenizer,
+                                               const std::vector<std::vector<int32_t>>& prompts,
+                                               int max_tokens, int max_batch) {
+  GeneratorOptions options;
+  options.max_tokens = max_tokens;
+  options.stop_at_end_of_text = false;
+  const size_t n = prompts.size();
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  std::vector<std::unique_ptr<Sampler>> samplers;
+  std::vector<RecordingTurn::Result> results(n);
+  std::mutex mu;
+  std::condition_variable cv;
+  int ended = 0;
+  SchedulerOptions scheduler_options;
+  scheduler_options.max_batch = max_batch;
+  Scheduler scheduler(backend, scheduler_options);
+  std::vector<RecordingTurn*> turns;
+  for (size_t i = 0; i < n; ++i) {
+    engine::SequenceOptions seq_options;
+    seq_options.policy = *memory::PolicyConfig::Parse("streaming(4,28)");
+    seq_options.max_step_tokens = 8;
+    seqs.push_back(*Sequence::Create(backend, seq_options));
+    samplers.push_back(std::make_unique<Sampler>(SamplerOptions{}));
+    auto* turn = new RecordingTurn(seqs.back().get(), tokenizer, samplers.back().get(), options,
+                                   /*room_every=*/1, false);
+    EXPECT_TRUE(turn->driver().Start(prompts[i]).ok());
+    turn->mu = &mu;
+    turn->cv = &cv;
+    turn->ended = &ended;
+    turn->result = &results[i];
+    turn->scheduler = &scheduler;
+    turns.push_back(turn);
+  }
+  scheduler.Post([&scheduler, turns] {
+    for (RecordingTurn* t : turns) scheduler.AddTurn(std::unique_ptr<ScheduledTurn>(t));
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return ended == static_cast<int>(n); });
+  return results;
+}
+
+// A long prompt is fed a chunk per step alongside the other turns: turns that
+// arrive with it finish in their own number of steps, not after its prefill.
+TEST_F(SchedulerTest, LongPrefillDoesNotStallOtherTurns) {
+  // (results[0], the long one, ends ~50 steps after the others.)
+  const std::vector<int32_t> long_prompt = Prompt(4 * 400);  // ~400 tokens: 50 chunks of 8
+  ASSERT_GT(long_prompt.size(), 400u);
+  std::vector<std::vector<int32_t>> prompts = {long_prompt, Prompt(0), Prompt(2), Prompt(1)};
+  const auto results = RunTogether(this, backend_.get(), *tokenizer_, prompts, 10,
+                                   SchedulerOptions{}.max_batch);
+  // A turn of C prefill chunks and 10 tokens takes C + 9 steps (the last
+  // chunk's logits give the first token) and ends in the last of them, after
+  // C + 8 completed ones: exactly what it would take alone.
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status;
+    const int64_t chunks = static_cast<int64_t>(prompts[i].size() + 7) / 8;
+    EXPECT_EQ(results[i].ended_after_steps, chunks + 8) << "turn " << i;
+  }
+}
+
+// More turns than --max-batch: the scheduler rotates through them, so equal
+// turns finish within one rotation of each other instead of one after another.
+TEST_F(SchedulerTest, TurnsBeyondMaxBatchTakeTurns) {
+  std::vector<std::vector<int32_t>> prompts(4, Prompt(0));
+  const auto results = RunTogether(this, backend_.get(), *tokenizer_, prompts, 12,
+                                   /*max_batch=*/1);
+  int64_t first = results[0].ended_after_steps, last = first;
+  for (const auto& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    first = std::min(first, r.ended_after_steps);
+    last = std::max(last, r.ended_after_steps);
+  }
+  EXPECT_LE(last - first, static_cast<int64_t>(prompts.size())) << first << " .. " << last;
 }
 
 }  // namespace

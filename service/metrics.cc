@@ -145,8 +145,16 @@ Metrics::Metrics(const MetricsOptions& options)
                                   "Sessions whose KV cache is resident.");
   sessions_in_store_ = &AddGauge(r, "sinkserve_sessions_in_store",
                                  "Sessions persisted in the session store.");
-  cache_cells_ = &AddGauge(r, "sinkserve_cache_cells",
-                           "KV cache cells in use across all sessions.");
+  cache_cells_ = &prometheus::BuildGauge()
+                      .Name("sinkserve_cache_cells")
+                      .Help("KV cache cells in use in the sessions in memory, by policy.")
+                      .Register(r);
+  for (const char* policy : {"full", "window", "streaming", "sirllm", "recompute"}) {
+    cache_cells_->Add({{"policy", policy}});
+  }
+  session_memory_bytes_ = &AddGauge(
+      r, "sinkserve_session_memory_bytes",
+      "K/V rows and cell metadata of the sessions in memory (--max-session-memory-bytes).");
 }
 
 Metrics::~Metrics() = default;
@@ -202,8 +210,12 @@ void Metrics::SetSessionsInStore(int64_t n) {
   sessions_in_store_->Set(static_cast<double>(n));
 }
 
-void Metrics::SetCacheCells(int64_t n) {
-  cache_cells_->Set(static_cast<double>(n));
+void Metrics::SetCacheCells(std::string_view policy, int64_t n) {
+  cache_cells_->Add({{"policy", std::string(policy)}}).Set(static_cast<double>(n));
+}
+
+void Metrics::SetSessionMemoryBytes(int64_t n) {
+  session_memory_bytes_->Set(static_cast<double>(n));
 }
 
 }  // namespace sinkserve::service

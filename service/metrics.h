@@ -84,8 +84,12 @@ class Metrics {
   void DecActiveStreams();
   void SetSessionsInMemory(int64_t n);
   void SetSessionsInStore(int64_t n);
-  // Cells in use across all sessions' KV caches.
-  void SetCacheCells(int64_t n);
+  // Cells in use in the KV caches of the sessions in memory under `policy`
+  // (memory::PolicyKindName).
+  void SetCacheCells(std::string_view policy, int64_t n);
+  // Bytes those sessions hold in K/V rows and cell metadata
+  // (SessionMemoryBytes), what --max-session-memory-bytes bounds.
+  void SetSessionMemoryBytes(int64_t n);
 
  private:
   Metrics(const MetricsOptions& options);
@@ -102,7 +106,8 @@ class Metrics {
   prometheus::Gauge* active_streams_ = nullptr;
   prometheus::Gauge* sessions_in_memory_ = nullptr;
   prometheus::Gauge* sessions_in_store_ = nullptr;
-  prometheus::Gauge* cache_cells_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* cache_cells_ = nullptr;
+  prometheus::Gauge* session_memory_bytes_ = nullptr;
   // Declared last: destroyed first, so no scrape runs on a dying registry.
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;

@@ -51,7 +51,8 @@ TEST(MetricsTest, AllSeriesStartAtZero) {
         "sinkserve_checkpoint_bytes_total", "sinkserve_generated_tokens_total",
         "sinkserve_prompt_tokens_total", "sinkserve_active_streams",
         "sinkserve_sessions_in_memory", "sinkserve_sessions_in_store",
-        "sinkserve_cache_cells"}) {
+        "sinkserve_cache_cells{policy=\"streaming\"}", "sinkserve_cache_cells{policy=\"sirllm\"}",
+        "sinkserve_session_memory_bytes"}) {
     EXPECT_EQ(Sample(text, series), 0) << series << "\n" << text;
   }
   EXPECT_EQ(Sample(text, "sinkserve_errors_total{code=\"DATA_LOSS\"}"), 0);
@@ -83,7 +84,9 @@ TEST(MetricsTest, CountersAndGauges) {
   metrics->DecActiveStreams();
   metrics->SetSessionsInMemory(8);
   metrics->SetSessionsInStore(120);
-  metrics->SetCacheCells(2048);
+  metrics->SetCacheCells("streaming", 2048);
+  metrics->SetCacheCells("sirllm", 256);
+  metrics->SetSessionMemoryBytes(1 << 20);
 
   const std::string text = metrics->RenderText();
   EXPECT_EQ(Sample(text, "sinkserve_generated_tokens_total"), 12) << text;
@@ -103,7 +106,9 @@ TEST(MetricsTest, CountersAndGauges) {
   EXPECT_EQ(Sample(text, "sinkserve_active_streams"), 2);
   EXPECT_EQ(Sample(text, "sinkserve_sessions_in_memory"), 8);
   EXPECT_EQ(Sample(text, "sinkserve_sessions_in_store"), 120);
-  EXPECT_EQ(Sample(text, "sinkserve_cache_cells"), 2048);
+  EXPECT_EQ(Sample(text, "sinkserve_cache_cells{policy=\"streaming\"}"), 2048);
+  EXPECT_EQ(Sample(text, "sinkserve_cache_cells{policy=\"sirllm\"}"), 256);
+  EXPECT_EQ(Sample(text, "sinkserve_session_memory_bytes"), 1 << 20);
 }
 
 TEST(MetricsTest, HistogramBuckets) {

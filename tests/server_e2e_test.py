@@ -411,6 +411,11 @@ class ServerTest(unittest.TestCase):
         self.assertGreater(values["sinkserve_time_to_first_token_seconds_count"], 0)
         self.assertGreater(values["sinkserve_checkpoint_duration_seconds_count"], 0)
         self.assertGreater(values["sinkserve_sessions_in_store"], 0)
+        # This server's default policy is streaming: its sessions' cells, and
+        # the K/V bytes they hold (5 layers x 2 x kv_dim 32 x 4 bytes a cell).
+        self.assertGreater(values['sinkserve_cache_cells{policy="streaming"}'], 0)
+        self.assertEqual(values['sinkserve_cache_cells{policy="full"}'], 0)
+        self.assertGreaterEqual(values["sinkserve_session_memory_bytes"], 64 * 5 * 2 * 32 * 4)
 
     def test_second_stream_on_busy_session(self):
         a = Stream(self.stub)

@@ -473,9 +473,14 @@ void SessionManager::UpdateGauges() const {
   if (metrics_ == nullptr) return;
   metrics_->SetSessionsInMemory(sessions_.size());
   metrics_->SetSessionsInStore(stored_sessions_);
-  int64_t cells = 0;
-  for (const auto& [id, entry] : sessions_) cells += entry.session->sequence().cache().size();
-  metrics_->SetCacheCells(cells);
+  std::map<std::string_view, int64_t> cells = {
+      {"full", 0}, {"window", 0}, {"streaming", 0}, {"sirllm", 0}, {"recompute", 0}};
+  for (const auto& [id, entry] : sessions_) {
+    cells[memory::PolicyKindName(entry.session->config().policy.kind)] +=
+        entry.session->sequence().cache().size();
+  }
+  for (const auto& [policy, n] : cells) metrics_->SetCacheCells(policy, n);
+  metrics_->SetSessionMemoryBytes(memory_bytes_);
 }
 
 v1::SessionInfo SessionManager::InfoOf(const engine::Session& session) const {

@@ -586,18 +586,26 @@ class LimitsAndStoreTest(unittest.TestCase):
         y.finish()
 
     def test_corrupt_snapshot_and_other_model(self):
-        server = self.start("--default-policy", "full")
+        def blob_files():
+            return {f for f in os.listdir(self.db) if f.endswith(".blob")}
+
+        # One server run per session, so that each one's K/V rows land in
+        # blob files of their own (drain flushes them).
+        files = []
         for name in ("victim", "other"):
+            server = self.start("--default-policy", "full")
             stream = Stream(server.stub)
             stream.open(name)
             stream.turn("Once upon a time", max_tokens=120)
             stream.finish()
-        self.assertEqual(server.terminate(), 0)  # drain flushes K/V into blob files
+            self.assertEqual(server.terminate(), 0)
+            files.append(blob_files() - set().union(*files) if files else blob_files())
+        self.assertTrue(files[0] and files[1], files)
 
-        # Flip bytes inside the K/V blobs: checksums must catch it.
-        blobs = [os.path.join(self.db, f) for f in os.listdir(self.db) if f.endswith(".blob")]
-        self.assertTrue(blobs, os.listdir(self.db))
-        for path in blobs:
+        # Flip bytes inside the victim's K/V blobs only: its checksums must
+        # catch it, and the other session must load and continue as before.
+        for name in files[0]:
+            path = os.path.join(self.db, name)
             with open(path, "r+b") as f:
                 size = os.path.getsize(path)
                 for offset in range(size // 4, 3 * size // 4, 512):
@@ -606,6 +614,14 @@ class LimitsAndStoreTest(unittest.TestCase):
         server = self.start("--default-policy", "full")
         self.assertEqual(code_of(lambda: Stream(server.stub).open("victim", create=False)),
                          C.DATA_LOSS)
+        stream = Stream(server.stub)
+        opened = stream.open("other", create=False)
+        self.assertTrue(opened.restored)
+        self.assertEqual(len(stream.turn(" The end.", max_tokens=8)[0]), 8)
+        stream.finish()
+        listed = server.stub.ListSessions(pb.ListSessionsRequest())
+        self.assertEqual({s.session_id for s in listed.sessions}, {"victim", "other"})
+        self.assertEqual(list(listed.unreadable), [])  # the metadata is intact
         self.assertEqual(server.terminate(), 0)
 
         if not os.path.exists(MAKE_MODEL):

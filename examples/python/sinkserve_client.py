@@ -168,6 +168,8 @@ def cmd_list(args, pb, stub):
             page_size=args.page_size, page_token=token), timeout=args.timeout)
         for info in page.sessions:
             print(describe(info))
+        for bad in page.unreadable:
+            print(f"{bad.session_id}: UNREADABLE ({bad.error})")
         token = page.next_page_token
         if not token:
             return

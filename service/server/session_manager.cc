@@ -310,6 +310,11 @@ absl::StatusOr<v1::ListSessionsResponse> SessionManager::List(
     *response.add_sessions() =
         it != sessions_.end() ? InfoOf(*it->second.session) : FromStored(stored);
   }
+  for (const memory::BadSession& bad : page.bad) {
+    v1::UnreadableSession* unreadable = response.add_unreadable();
+    unreadable->set_session_id(bad.id);
+    unreadable->set_error(bad.status.ToString());
+  }
   response.set_next_page_token(page.next_start_after);
   return response;
 }

@@ -53,6 +53,18 @@ if has tests; then
   run cuda_kernels_test bin/cuda_kernels_test
   run cuda_backend_test bin/cuda_backend_test
   run backend_registry_test bin/backend_registry_test
+  # The whole path a user takes: sinkserve loading the CUDA module beside it.
+  if [ -x bin/sinkserve ]; then
+    for b in cuda cpu; do
+      run "generate_$b" bin/sinkserve generate --model shared/models/stories260K.gguf \
+        --backend "$b" --temperature 0 --max-tokens 200 --ignore-eos --ids
+    done
+    if cmp -s <(head -1 "$OUT/generate_cuda.log") <(head -1 "$OUT/generate_cpu.log"); then
+      echo "generate: 200 greedy ids equal on cuda (f16 weights) and cpu"
+    else
+      echo "generate: greedy ids differ between cuda (f16 weights) and cpu (see logs)"
+    fi
+  fi
   grep -h -E '^\[  FAILED  \]|Failure|Expected|Which is|error' "$OUT"/cuda_*_test.log | head -40
 fi
 

@@ -206,3 +206,12 @@ def code_of(fn):
     except grpc.RpcError as e:
         return e.code()
     return None
+
+
+def turns_alone(stub, session_id, texts, max_tokens=20, config=None):
+    """Token ids of each turn, the session alone on its stream."""
+    stream = Stream(stub)
+    stream.open(session_id, config=config)
+    ids = [stream.turn(t, max_tokens=max_tokens)[0] for t in texts]
+    stream.finish()
+    return ids

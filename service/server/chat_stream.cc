@@ -289,6 +289,7 @@ void ChatStream::FinishLocked(const grpc::Status& status) {
   finish_status_ = status;
   if (turn_active_) cancel_turn_ = true;
   if (!status.ok()) service_->CountError(status);
+  MaybeDetachLocked();
   MaybeFinishLocked();
 }
 
@@ -299,7 +300,11 @@ void ChatStream::MaybeFinishLocked() {
 }
 
 void ChatStream::MaybeDetachLocked() {
-  if (!done_ || !opened_ || turn_active_ || detached_) return;
+  // As soon as the stream is closing, not when gRPC reports it done: the
+  // Detach task is then queued on the scheduler before the client can see
+  // the stream end, so a client that re-attaches right away finds the
+  // session free (tasks run in order).
+  if (!(done_ || closing_) || !opened_ || turn_active_ || detached_) return;
   detached_ = true;
   SessionManager* sessions = service_->core().sessions;
   service_->core().scheduler->Post([sessions, id = session_id_] { sessions->Detach(id); });

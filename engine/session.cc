@@ -217,6 +217,12 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Create(std::string id, Backend
   return session;
 }
 
+absl::StatusOr<SessionConfig> Session::ConfigOf(const memory::SessionState& state) {
+  absl::StatusOr<SessionConfig> config = DecodeConfig(state.sampler_config, state.policy);
+  if (!config.ok()) return DataLoss(state.id, config.status());
+  return config;
+}
+
 absl::StatusOr<std::unique_ptr<Session>> Session::Restore(Backend* backend,
                                                           std::string model_fingerprint,
                                                           memory::SessionState state,
@@ -235,9 +241,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Restore(Backend* backend,
         "session ", id, " holds K/V rows of ", state.kv_shape.n_layers, " layers x ",
         state.kv_shape.kv_dim, ", the model has ", want.n_layers, " x ", want.kv_dim));
   }
-  absl::StatusOr<SessionConfig> decoded = DecodeConfig(state.sampler_config, state.policy);
-  if (!decoded.ok()) return DataLoss(id, decoded.status());
-  SessionConfig config = *std::move(decoded);
+  SINKSERVE_ASSIGN_OR_RETURN(SessionConfig config, ConfigOf(state));
   absl::StatusOr<memory::KvCache> cache =
       memory::KvCache::Restore(state.policy, state.capacity, state.cache);
   if (!cache.ok()) return DataLoss(id, cache.status());

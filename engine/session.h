@@ -63,6 +63,11 @@ class Session {
                                                           memory::SessionState state,
                                                           uint64_t version);
 
+  // The configuration a stored state carries (policy, sampling, chat
+  // template, system prompt), without restoring it: for inspecting a session
+  // that is not in memory. DATA_LOSS when it does not parse.
+  static absl::StatusOr<SessionConfig> ConfigOf(const memory::SessionState& state);
+
   const std::string& id() const { return id_; }
   const SessionConfig& config() const { return config_; }
   const std::string& model_fingerprint() const { return model_fingerprint_; }

@@ -332,6 +332,16 @@ absl::StatusOr<CheckpointResult> RocksDbSessionStore::Append(
 
 absl::StatusOr<LoadedSession> RocksDbSessionStore::Load(
     std::string_view id, std::string_view model_fingerprint) const {
+  return LoadChain(id, model_fingerprint, /*with_kv=*/true);
+}
+
+absl::StatusOr<LoadedSession> RocksDbSessionStore::LoadMetadata(
+    std::string_view id, std::string_view model_fingerprint) const {
+  return LoadChain(id, model_fingerprint, /*with_kv=*/false);
+}
+
+absl::StatusOr<LoadedSession> RocksDbSessionStore::LoadChain(
+    std::string_view id, std::string_view model_fingerprint, bool with_kv) const {
   SINKSERVE_RETURN_IF_ERROR(ValidateSessionId(id));
   if (model_fingerprint.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -355,7 +365,8 @@ absl::StatusOr<LoadedSession> RocksDbSessionStore::Load(
   }
   SINKSERVE_ASSIGN_OR_RETURN(
       ChainResult chain,
-      ReadChain(records(), *header, snapshot.get(), ChainRead::kFull));
+      ReadChain(records(), *header, snapshot.get(),
+                with_kv ? ChainRead::kFull : ChainRead::kMetadata));
   counters_.loads.fetch_add(1, std::memory_order_relaxed);
   counters_.load_bytes_read.fetch_add(chain.bytes_read,
                                       std::memory_order_relaxed);

@@ -121,6 +121,8 @@ class RocksDbSessionStore final : public SessionStore {
   absl::StatusOr<SessionInfo> Info(std::string_view id) const override;
   absl::StatusOr<ListPage> List(const ListOptions& options) const override;
   absl::Status Delete(std::string_view id) override;
+  absl::StatusOr<LoadedSession> LoadMetadata(std::string_view id,
+                                             std::string_view model_fingerprint) const override;
   absl::StatusOr<VerifyReport> Verify() const override;
 
   // Folds the session's chain into one full record now. OK if there is
@@ -155,6 +157,10 @@ class RocksDbSessionStore final : public SessionStore {
   RocksDbSessionStore(std::string dir, RocksDbSessionStoreOptions options);
   absl::Status OpenDb();
   records::RecordDb records() const;
+  // Load and LoadMetadata: the chain read with or without K/V rows.
+  absl::StatusOr<LoadedSession> LoadChain(std::string_view id,
+                                          std::string_view model_fingerprint,
+                                          bool with_kv) const;
 
   absl::Status CheckWritable() const;
   // Writes `batch`; `bytes` gets its size. Resumes a stopped database first,

@@ -119,6 +119,16 @@ class SessionStore {
   virtual absl::StatusOr<LoadedSession> Load(
       std::string_view id, std::string_view model_fingerprint) const = 0;
 
+  // Load without the K/V rows (state.kv empty; the rows' checksums are not
+  // read either): for inspecting a session that is not in memory. Default:
+  // Load, then drops the rows.
+  virtual absl::StatusOr<LoadedSession> LoadMetadata(std::string_view id,
+                                                     std::string_view model_fingerprint) const {
+    absl::StatusOr<LoadedSession> loaded = Load(id, model_fingerprint);
+    if (loaded.ok()) loaded->state.kv.clear();
+    return loaded;
+  }
+
   // Cheap: reads per-session metadata only, never K/V rows.
   virtual absl::StatusOr<bool> Exists(std::string_view id) const = 0;
   virtual absl::StatusOr<SessionInfo> Info(std::string_view id) const = 0;

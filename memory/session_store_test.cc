@@ -85,6 +85,17 @@ TEST_F(SessionStoreTest, DeltasGiveTheSameStateAsFullSnapshotsAndAreSmall) {
   EXPECT_EQ(chained->records, 31);
   EXPECT_EQ(chained->version, version);
 
+  // Without its rows, the same chain gives the same metadata.
+  absl::StatusOr<LoadedSession> metadata = store.LoadMetadata("chat", "sim-model");
+  ASSERT_TRUE(metadata.ok()) << metadata.status();
+  EXPECT_TRUE(metadata->state.kv.empty());
+  EXPECT_EQ(metadata->version, version);
+  SessionState without_rows = chained->state.Copy();
+  without_rows.kv.clear();
+  EXPECT_EQ(Difference(metadata->state, without_rows), "");
+  EXPECT_EQ(store.LoadMetadata("chat", "other-model").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
   // A full snapshot of the final state stores the same thing.
   SessionState copy = prev.Copy();
   copy.id = "chat-full";

@@ -53,6 +53,14 @@ int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
 
 // What the store's metadata says (no sampling, template or system prompt:
 // those live in the session's opaque config until it is loaded).
+void SetConfig(const engine::SessionConfig& c, v1::SessionInfo* info) {
+  ToProtoPolicy(c.policy, info->mutable_config()->mutable_policy());
+  ToProtoSampling(c.sampling, info->mutable_config()->mutable_sampling());
+  info->mutable_config()->set_system_prompt(c.system_prompt);
+  info->mutable_config()->set_chat_template(c.chat_template);
+  info->set_chat_template(c.chat_template);
+}
+
 v1::SessionInfo FromStored(const memory::SessionInfo& stored) {
   v1::SessionInfo info;
   info.set_session_id(stored.id);
@@ -287,14 +295,20 @@ absl::StatusOr<v1::SessionInfo> SessionManager::CreateDetached(const std::string
 absl::StatusOr<v1::SessionInfo> SessionManager::Info(const std::string& id) const {
   SINKSERVE_RETURN_IF_ERROR(memory::ValidateSessionId(id));
   if (auto it = sessions_.find(id); it != sessions_.end()) return InfoOf(*it->second.session);
-  absl::StatusOr<memory::SessionInfo> stored = store_->Info(id);
+  // Not in memory: its metadata chain (no K/V rows) carries the config too.
+  absl::StatusOr<memory::LoadedSession> stored =
+      store_->LoadMetadata(id, memory::SessionStore::kAnyModel);
   if (!stored.ok()) {
     if (stored.status().code() == absl::StatusCode::kNotFound) {
       return absl::NotFoundError(absl::StrCat("no session ", id));
     }
     return stored.status();
   }
-  return FromStored(*stored);
+  v1::SessionInfo info = FromStored(memory::SessionInfo::Of(stored->state));
+  SINKSERVE_ASSIGN_OR_RETURN(engine::SessionConfig config,
+                             engine::Session::ConfigOf(stored->state));
+  SetConfig(config, &info);
+  return info;
 }
 
 absl::StatusOr<v1::ListSessionsResponse> SessionManager::List(
@@ -491,12 +505,7 @@ void SessionManager::UpdateGauges() const {
 v1::SessionInfo SessionManager::InfoOf(const engine::Session& session) const {
   v1::SessionInfo info;
   info.set_session_id(session.id());
-  const engine::SessionConfig& c = session.config();
-  ToProtoPolicy(c.policy, info.mutable_config()->mutable_policy());
-  ToProtoSampling(c.sampling, info.mutable_config()->mutable_sampling());
-  info.mutable_config()->set_system_prompt(c.system_prompt);
-  info.mutable_config()->set_chat_template(c.chat_template);
-  info.set_chat_template(c.chat_template);
+  SetConfig(session.config(), &info);
   const memory::KvCache& cache = session.sequence().cache();
   info.set_cells_cached(cache.size());
   info.set_rounds(session.rounds());

@@ -163,6 +163,39 @@ TEST_F(SessionManagerTest, LeastRecentlyUsedLeaveMemory) {
 
 // Detached sessions unused for idle_timeout leave memory (checkpointed
 // first); attached ones stay however long they go unused.
+// GetSession of a session that is only in the store reports its whole
+// config, as for one in memory (read from its metadata, not its K/V rows).
+TEST_F(SessionManagerTest, InfoOfAStoredSessionCarriesItsConfig) {
+  auto m = Manager(8);
+  v1::SessionConfig config;
+  config.set_system_prompt("You are a storyteller.");
+  config.set_chat_template("chatml");
+  config.mutable_sampling()->set_temperature(0.5f);
+  config.mutable_sampling()->set_top_k(7);
+  config.mutable_policy()->set_kind(v1::POLICY_SIRLLM);
+  config.mutable_policy()->set_sinks(2);
+  config.mutable_policy()->set_entropy(10);
+  config.mutable_policy()->set_window(20);
+  config.mutable_policy()->set_decay(0.75f);
+  ASSERT_TRUE(m->CreateDetached("kept", config).ok());
+  auto in_memory = m->Info("kept");
+  ASSERT_TRUE(in_memory.ok()) << in_memory.status();
+
+  auto fresh = Manager(8);  // a restarted server: nothing in memory
+  EXPECT_EQ(fresh->sessions_in_memory(), 0);
+  auto stored = fresh->Info("kept");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->config().system_prompt(), "You are a storyteller.");
+  EXPECT_EQ(stored->chat_template(), "chatml");
+  EXPECT_FLOAT_EQ(stored->config().sampling().temperature(), 0.5f);
+  EXPECT_EQ(stored->config().sampling().top_k(), 7u);
+  EXPECT_EQ(stored->config().policy().kind(), v1::POLICY_SIRLLM);
+  EXPECT_FLOAT_EQ(stored->config().policy().decay(), 0.75f);
+  EXPECT_EQ(stored->SerializeAsString(), in_memory->SerializeAsString())
+      << stored->DebugString() << "\nvs\n" << in_memory->DebugString();
+  EXPECT_EQ(fresh->sessions_in_memory(), 0) << "Info loaded the session";
+}
+
 TEST_F(SessionManagerTest, IdleSessionsLeaveMemory) {
   SessionManagerOptions options = Options(8);
   options.idle_timeout = absl::Minutes(10);

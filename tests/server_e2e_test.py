@@ -14,6 +14,9 @@ dtypes) and restarts, each on a server and database of its own.
 
 import math
 import os
+import pty
+import select
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -337,6 +340,46 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(end.stop_reason, pb.STOP_REASON_MAX_TOKENS)
         self.assertEqual(end.usage.generated_tokens, max_tokens)
         self.assertEqual(len(first.delta.token_ids) + len(ids), max_tokens)
+
+    def test_interactive_chat_on_a_terminal(self):
+        """`sinkserve chat` on a terminal: a prompt, tokens as they stream,
+        Ctrl-C (SIGINT) cancels the running turn, at the prompt it quits."""
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([SINKSERVE, "chat", "--server", self.server.address,
+                                 "--session", "tty", "--create", "--ignore-eos",
+                                 "--max-tokens", "100000"],
+                                stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(slave)
+        out = b""
+
+        def read_until(predicate, timeout=20):
+            nonlocal out
+            end = time.time() + timeout
+            while not predicate(out):
+                ready, _, _ = select.select([proc.stdout], [], [], max(0.0, end - time.time()))
+                self.assertTrue(ready, f"no output in time; so far {out[-200:]!r}")
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                self.assertTrue(chunk, f"chat exited early: {out[-200:]!r}")
+                out += chunk
+
+        try:
+            read_until(lambda o: o.endswith(b"> "))
+            os.write(master, b"Once upon a time\n")
+            read_until(lambda o: len(o) > 400)  # a reply streaming, far from its end
+            proc.send_signal(signal.SIGINT)
+            read_until(lambda o: o.endswith(b"> "))  # the turn ended; the next prompt
+            proc.send_signal(signal.SIGINT)  # between turns: quit
+            self.assertEqual(proc.wait(timeout=20), 130)
+            self.assertIn("[cancelled:", proc.stderr.read().decode())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+            proc.stdout.close()
+            proc.stderr.close()
+        info = self.stub.GetSession(pb.GetSessionRequest(session_id="tty"), timeout=10)
+        self.assertEqual(info.rounds, 1)  # the cancelled turn is a round, kept
 
     def test_cpp_clients(self):
         """`sinkserve chat` (the C++ client) and `sinkserve bench load`."""

@@ -71,7 +71,8 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
        {std::pair{"time_to_first_token_buckets",
                   &options.time_to_first_token_buckets},
         std::pair{"inter_token_buckets", &options.inter_token_buckets},
-        std::pair{"checkpoint_buckets", &options.checkpoint_buckets}}) {
+        std::pair{"checkpoint_buckets", &options.checkpoint_buckets},
+        std::pair{"batch_buckets", &options.batch_buckets}}) {
     absl::Status status = CheckBuckets(name, *bounds);
     if (!status.ok()) return status;
   }
@@ -112,6 +113,9 @@ Metrics::Metrics(const MetricsOptions& options)
   checkpoint_seconds_ = &AddHistogram(
       r, "sinkserve_checkpoint_duration_seconds",
       "Writing one session snapshot to the store.", options.checkpoint_buckets);
+  batch_turns_ = &AddHistogram(r, "sinkserve_batch_turns",
+                              "Turns advanced by one batched forward step.",
+                              options.batch_buckets);
   checkpoint_bytes_ = &AddCounter(r, "sinkserve_checkpoint_bytes_total",
                                   "Bytes of session snapshots written.");
   generated_ = &AddCounter(r, "sinkserve_generated_tokens_total",
@@ -174,6 +178,10 @@ void Metrics::ObserveInterTokenLatency(double seconds) {
 void Metrics::ObserveCheckpoint(double seconds, int64_t bytes) {
   if (ValidSeconds(seconds)) checkpoint_seconds_->Observe(seconds);
   if (bytes > 0) checkpoint_bytes_->Increment(static_cast<double>(bytes));
+}
+
+void Metrics::ObserveBatch(int64_t turns) {
+  if (turns > 0) batch_turns_->Observe(static_cast<double>(turns));
 }
 
 void Metrics::AddGenerated(int64_t n) {

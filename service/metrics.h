@@ -45,6 +45,8 @@ struct MetricsOptions {
   // Default: 1 ms .. 10 s.
   std::vector<double> checkpoint_buckets = {
       0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
+  // Default: 1 .. 256 turns per forward step.
+  std::vector<double> batch_buckets = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 };
 
 class Metrics {
@@ -69,6 +71,8 @@ class Metrics {
   void ObserveTimeToFirstToken(double seconds);
   void ObserveInterTokenLatency(double seconds);
   void ObserveCheckpoint(double seconds, int64_t bytes);
+  // Turns advanced by one batched forward step (continuous batching at work).
+  void ObserveBatch(int64_t turns);
 
   // Counters; n <= 0 is ignored.
   void AddGenerated(int64_t n);
@@ -98,6 +102,7 @@ class Metrics {
   prometheus::Histogram* time_to_first_token_ = nullptr;
   prometheus::Histogram* inter_token_ = nullptr;
   prometheus::Histogram* checkpoint_seconds_ = nullptr;
+  prometheus::Histogram* batch_turns_ = nullptr;
   prometheus::Counter* checkpoint_bytes_ = nullptr;
   prometheus::Counter* generated_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;

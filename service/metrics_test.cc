@@ -47,7 +47,7 @@ TEST(MetricsTest, AllSeriesStartAtZero) {
   for (const char* series :
        {"sinkserve_time_to_first_token_seconds_count",
         "sinkserve_inter_token_latency_seconds_count",
-        "sinkserve_checkpoint_duration_seconds_count",
+        "sinkserve_checkpoint_duration_seconds_count", "sinkserve_batch_turns_count",
         "sinkserve_checkpoint_bytes_total", "sinkserve_generated_tokens_total",
         "sinkserve_prompt_tokens_total", "sinkserve_active_streams",
         "sinkserve_sessions_in_memory", "sinkserve_sessions_in_store",
@@ -78,6 +78,9 @@ TEST(MetricsTest, CountersAndGauges) {
   metrics->AddEvictions("sirllm", 28);
   metrics->ObserveCheckpoint(0.02, 4096);
   metrics->ObserveCheckpoint(0.2, 1000);
+  metrics->ObserveBatch(32);
+  metrics->ObserveBatch(1);
+  metrics->ObserveBatch(0);  // no step: ignored
   metrics->SetActiveStreams(3);
   metrics->IncActiveStreams();
   metrics->DecActiveStreams();
@@ -103,6 +106,9 @@ TEST(MetricsTest, CountersAndGauges) {
   EXPECT_EQ(Sample(text, "sinkserve_checkpoint_duration_seconds_count"), 2);
   EXPECT_DOUBLE_EQ(Sample(text, "sinkserve_checkpoint_duration_seconds_sum"),
                    0.22);
+  EXPECT_EQ(Sample(text, "sinkserve_batch_turns_count"), 2);
+  EXPECT_EQ(Sample(text, "sinkserve_batch_turns_sum"), 33);
+  EXPECT_EQ(Sample(text, "sinkserve_batch_turns_bucket{le=\"1\"}"), 1);
   EXPECT_EQ(Sample(text, "sinkserve_active_streams"), 2);
   EXPECT_EQ(Sample(text, "sinkserve_sessions_in_memory"), 8);
   EXPECT_EQ(Sample(text, "sinkserve_sessions_in_store"), 120);

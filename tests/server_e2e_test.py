@@ -145,6 +145,7 @@ class ServerTest(unittest.TestCase):
     def test_concurrent_sessions_equal_alone(self):
         n, texts = 32, ["", " And then", " The end."]
         results, errors = {}, []
+        before = metrics(self.server.metrics_port)
 
         def run(i):
             try:
@@ -159,6 +160,12 @@ class ServerTest(unittest.TestCase):
         for t in threads:
             t.join()
         self.assertEqual(errors, [])
+        # They ran batched: forward steps that advanced several turns at once.
+        after = metrics(self.server.metrics_port)
+        steps = after["sinkserve_batch_turns_count"] - before["sinkserve_batch_turns_count"]
+        turns = after["sinkserve_batch_turns_sum"] - before["sinkserve_batch_turns_sum"]
+        # (4-5 when loaded, ~10 quiet; a scheduler that never batches gives 1.)
+        self.assertGreater(turns / steps, 1.5, (turns, steps))
         for i in range(n):
             first = PROMPTS[i % len(PROMPTS)] + ("," * (i // len(PROMPTS)))
             alone = turns_alone(self.stub, f"solo-{i}", [first] + texts[1:])

@@ -161,6 +161,7 @@ bool Scheduler::Step() {
         turn.OnStep();
       }
     }
+    if (options_.metrics != nullptr) options_.metrics->ObserveBatch(batch_.size());
     std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.steps;
     stats_.turns_stepped += batch_.size();

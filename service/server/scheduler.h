@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "engine/backend.h"
 #include "engine/generator.h"
+#include "service/metrics.h"
 
 namespace sinkserve::service {
 
@@ -54,6 +55,8 @@ struct SchedulerOptions {
   // are ended, once for all the turns that ended there (the session
   // manager's group commit). Default: none.
   std::function<void()> after_step;
+  // Each step's batch size goes here. Default: null.
+  Metrics* metrics = nullptr;
 };
 
 struct SchedulerStats {

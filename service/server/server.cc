@@ -120,6 +120,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                              SessionManager::Create(server->model_.get(), server->store_.get(),
                                                     server->metrics_.get(), session_options));
   SchedulerOptions scheduler_options = options.scheduler;
+  scheduler_options.metrics = server->metrics_.get();
   scheduler_options.after_step = [sessions = server->sessions_.get()] {
     sessions->CompleteTurnCheckpoints();
   };

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend_test_util.h"
 #include "engine/cpu_backend.h"
 #include "engine/gguf_writer.h"
 #include "engine/model_weights.h"
@@ -45,12 +46,6 @@ void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::f
 
 namespace sinkserve::engine {
 namespace {
-
-std::vector<int32_t> Range(int32_t begin, int32_t end) {
-  std::vector<int32_t> v(end - begin);
-  std::iota(v.begin(), v.end(), begin);
-  return v;
-}
 
 TEST(CpuBackendAllocTest, DecodeStepsAllocateNothing) {
   for (GgmlType type : {GgmlType::kF32, GgmlType::kQ8_0}) {

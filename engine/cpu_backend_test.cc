@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/backend_test_util.h"
 #include "engine/cpu_kv_storage.h"
 #include "engine/generator.h"
 #include "engine/gguf_writer.h"
@@ -17,23 +18,6 @@
 
 namespace sinkserve::engine {
 namespace {
-
-// max |a - b| / max |b|
-double RelError(absl::Span<const float> a, absl::Span<const float> b) {
-  EXPECT_EQ(a.size(), b.size());
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    diff = std::max(diff, std::fabs(double{a[i]} - b[i]));
-    scale = std::max(scale, std::fabs(double{b[i]}));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
-std::vector<int32_t> Range(int32_t begin, int32_t end) {
-  std::vector<int32_t> v(end - begin);
-  std::iota(v.begin(), v.end(), begin);
-  return v;
-}
 
 // Model files are written once per test binary into the test temp dir.
 std::string SyntheticModel(const std::string& name, SyntheticLlamaSpec spec) {
@@ -119,12 +103,12 @@ TEST_P(CpuBackendTest, PrefillChunksEqualWholeEqualTokenByToken) {
         FeedInOrder(chunked.get(), begin, absl::MakeConstSpan(kTokens).subspan(begin, n));
     rows.insert(rows.end(), part.begin(), part.end());
   }
-  EXPECT_LT(RelError(rows, whole), 1e-5);
+  EXPECT_LT(MaxRelError(rows, whole), 1e-5);
 
   auto single = NewKv();
   for (size_t i = 0; i < kTokens.size(); ++i) {
     std::vector<float> row = FeedInOrder(single.get(), i, {&kTokens[i], 1}, LogitsMode::kLast);
-    EXPECT_LT(RelError(row, Row(whole, i)), 1e-5) << "token " << i;
+    EXPECT_LT(MaxRelError(row, Row(whole, i)), 1e-5) << "token " << i;
   }
 }
 
@@ -134,7 +118,7 @@ TEST_P(CpuBackendTest, LogitsModesSelectRows) {
   EXPECT_TRUE(FeedInOrder(kv.get(), 0, kTokens, LogitsMode::kNone).empty());
   auto kv2 = NewKv();
   std::vector<float> last = FeedInOrder(kv2.get(), 0, kTokens, LogitsMode::kLast);
-  EXPECT_LT(RelError(last, Row(all, kTokens.size() - 1)), 1e-6);
+  EXPECT_LT(MaxRelError(last, Row(all, kTokens.size() - 1)), 1e-6);
 }
 
 TEST_P(CpuBackendTest, MixedBatchEqualsEachAlone) {
@@ -158,11 +142,11 @@ TEST_P(CpuBackendTest, MixedBatchEqualsEachAlone) {
   ASSERT_TRUE(backend_->Forward(batch, &result).ok());
   ASSERT_EQ(result.logits.size(), 3u);
 
-  EXPECT_LT(RelError(result.logits[0], Alone(a)), 1e-5);
+  EXPECT_LT(MaxRelError(result.logits[0], Alone(a)), 1e-5);
   const std::vector<float> alone_b = Alone(b);
-  EXPECT_LT(RelError(result.logits[1], Row(alone_b, 5)), 1e-5);
+  EXPECT_LT(MaxRelError(result.logits[1], Row(alone_b, 5)), 1e-5);
   const std::vector<float> alone_c = Alone(c);
-  EXPECT_LT(RelError(result.logits[2],
+  EXPECT_LT(MaxRelError(result.logits[2],
                      absl::MakeConstSpan(alone_c).subspan(3 * vocab_, 4 * vocab_)),
             1e-5);
 }
@@ -178,7 +162,7 @@ TEST_P(CpuBackendTest, PositionsComeFromTheStepNotTheSlots) {
                        slots, positions, LogitsMode::kAll};
   StepResult result;
   ASSERT_TRUE(backend_->Forward({prefill}, &result).ok());
-  EXPECT_LT(RelError(result.logits[0],
+  EXPECT_LT(MaxRelError(result.logits[0],
                      absl::MakeConstSpan(reference).subspan(0, 11 * vocab_)),
             1e-5);
 
@@ -192,7 +176,7 @@ TEST_P(CpuBackendTest, PositionsComeFromTheStepNotTheSlots) {
   SequenceStep decode{kv.get(), ctx_slots, ctx_positions, {&kTokens[11], 1}, slot, position,
                       LogitsMode::kLast};
   ASSERT_TRUE(backend_->Forward({decode}, &result).ok());
-  EXPECT_LT(RelError(result.logits[0], Row(reference, 11)), 1e-5);
+  EXPECT_LT(MaxRelError(result.logits[0], Row(reference, 11)), 1e-5);
 }
 
 TEST_P(CpuBackendTest, OnlyRelativePositionsMatter) {
@@ -205,7 +189,7 @@ TEST_P(CpuBackendTest, OnlyRelativePositionsMatter) {
   SequenceStep step{kv.get(), {}, {}, kTokens, slots, shifted, LogitsMode::kAll};
   StepResult result;
   ASSERT_TRUE(backend_->Forward({step}, &result).ok());
-  EXPECT_LT(RelError(result.logits[0], reference), 1e-4);
+  EXPECT_LT(MaxRelError(result.logits[0], reference), 1e-4);
 }
 
 TEST_P(CpuBackendTest, MoveExportImportRoundTrip) {
@@ -223,7 +207,7 @@ TEST_P(CpuBackendTest, MoveExportImportRoundTrip) {
                       LogitsMode::kLast};
   StepResult result;
   ASSERT_TRUE(backend_->Forward({decode}, &result).ok());
-  EXPECT_LT(RelError(result.logits[0], Row(reference, 11)), 1e-5);
+  EXPECT_LT(MaxRelError(result.logits[0], Row(reference, 11)), 1e-5);
 
   // Export the moved cells, import them into another storage at 0..10.
   std::string bytes;
@@ -238,7 +222,7 @@ TEST_P(CpuBackendTest, MoveExportImportRoundTrip) {
   ASSERT_TRUE(other->ExportSlots(front, &again).ok());
   EXPECT_EQ(again, bytes);
   std::vector<float> row = FeedInOrder(other.get(), 11, {&kTokens[11], 1}, LogitsMode::kLast);
-  EXPECT_LT(RelError(row, Row(reference, 11)), 1e-5);
+  EXPECT_LT(MaxRelError(row, Row(reference, 11)), 1e-5);
 
   EXPECT_FALSE(other->ImportSlots(front, bytes.substr(1)).ok());
   EXPECT_FALSE(other->ImportSlots({16}, bytes).ok());
@@ -286,7 +270,7 @@ TEST_P(CpuBackendTest, ThreadCountDoesNotChangeLogits) {
   ASSERT_TRUE((*one)->Forward({{kv->get(), {}, {}, kTokens, slots, slots, LogitsMode::kAll}},
                               &result)
                   .ok());
-  EXPECT_LT(RelError(result.logits[0], Alone(kTokens)), 1e-5);
+  EXPECT_LT(MaxRelError(result.logits[0], Alone(kTokens)), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CpuBackendTest, ::testing::ValuesIn(Cases()),

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/backend_test_util.h"
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kv_storage.h"
 #include "engine/fp16.h"
@@ -21,23 +22,6 @@
 
 namespace sinkserve::engine {
 namespace {
-
-// max |a - b| / max |b|
-double RelError(absl::Span<const float> a, absl::Span<const float> b) {
-  EXPECT_EQ(a.size(), b.size());
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    diff = std::max(diff, std::fabs(double{a[i]} - b[i]));
-    scale = std::max(scale, std::fabs(double{b[i]}));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
-std::vector<int32_t> Range(int32_t begin, int32_t end) {
-  std::vector<int32_t> v(end - begin);
-  std::iota(v.begin(), v.end(), begin);
-  return v;
-}
 
 // Unit roundoff of the format: half the gap between 1 and the next value.
 double UnitRoundoff(KvDtype dtype) {
@@ -252,7 +236,7 @@ TEST_P(KvDtypeBackendTest, HalfKvLogitsStayWithinTheFormatsPrecision) {
     ASSERT_TRUE(kv.ok());
     EXPECT_EQ((*kv)->dtype(), dtype);
     const std::vector<float> logits = Run(backend.get(), kv->get());
-    const double err = RelError(logits, reference);
+    const double err = MaxRelError(logits, reference);
     const double bound = 4 * UnitRoundoff(dtype) * layers;
     EXPECT_LT(err, bound) << KvDtypeName(dtype);
     // The rows really were rounded: logits are not F32's bits.

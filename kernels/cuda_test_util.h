@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/backend_test_util.h"
 #include "engine/cpu_backend.h"
 #include "engine/gguf_writer.h"
 #include "engine/model_weights.h"
@@ -46,23 +47,8 @@ using engine::SequenceStep;
 using engine::StepResult;
 
 
-// max |a - b| / max |b|, as the CPU backend's tests measure.
-inline double MaxRelError(absl::Span<const float> a, absl::Span<const float> b) {
-  EXPECT_EQ(a.size(), b.size());
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;  // NaN never passes
-    diff = std::max(diff, std::fabs(double{a[i]} - b[i]));
-    scale = std::max(scale, std::fabs(double{b[i]}));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
-inline std::vector<int32_t> Range(int32_t begin, int32_t end) {
-  std::vector<int32_t> v(end - begin);
-  std::iota(v.begin(), v.end(), begin);
-  return v;
-}
+using engine::MaxRelError;
+using engine::Range;
 
 inline int32_t Argmax(absl::Span<const float> row) {
   return static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());

@@ -1,5 +1,9 @@
 #include "engine/backend.h"
 
+#include <memory>
+#include <string>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 
 namespace sinkserve::engine {
@@ -34,6 +38,34 @@ size_t KvDtypeBytes(KvDtype dtype) {
       return 2;
   }
   return 0;
+}
+
+}  // namespace sinkserve::engine
+
+namespace sinkserve::engine {
+namespace {
+
+// Rows exported at capture time: nothing left to wait for.
+class ReadyRows : public memory::PendingRows {
+ public:
+  explicit ReadyRows(std::string rows) : rows_(std::move(rows)) {}
+  absl::Status Wait(std::string* out) override {
+    *out = std::move(rows_);
+    return absl::OkStatus();
+  }
+
+ private:
+  std::string rows_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<memory::PendingRows>> KvStorage::ExportSlotsAsync(
+    absl::Span<const int32_t> slots) const {
+  std::string rows;
+  absl::Status s = ExportSlots(slots, &rows);
+  if (!s.ok()) return s;
+  return std::make_unique<ReadyRows>(std::move(rows));
 }
 
 }  // namespace sinkserve::engine

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/model_config.h"
+#include "memory/pending_rows.h"
 
 namespace sinkserve::engine {
 
@@ -47,6 +48,12 @@ class KvStorage {
   // (layer, {K, V}, slot index in `slots`, kv_dim). For snapshots.
   virtual absl::Status ExportSlots(absl::Span<const int32_t> slots,
                                    std::string* out) const = 0;
+  // ExportSlots without waiting for the copy where the storage can (an
+  // accelerator's: a device-side gather, then an asynchronous copy to pinned
+  // host memory). The rows are those of now: later steps, moves and imports
+  // do not change what Wait() returns. Default: ExportSlots, done at once.
+  virtual absl::StatusOr<std::unique_ptr<memory::PendingRows>> ExportSlotsAsync(
+      absl::Span<const int32_t> slots) const;
   // The inverse of ExportSlots; `bytes` must have exactly that layout.
   virtual absl::Status ImportSlots(absl::Span<const int32_t> slots,
                                    std::string_view bytes) = 0;

@@ -387,3 +387,41 @@ absl::StatusOr<memory::CheckpointResult> Session::Checkpoint(memory::SessionStor
 }
 
 }  // namespace sinkserve::engine
+
+namespace sinkserve::engine {
+
+absl::StatusOr<memory::PendingCheckpoint> Session::Capture(bool full) {
+  memory::PendingCheckpoint captured;
+  captured.id = id_;
+  captured.base_version = version_;
+  if (!dirty_ && !full && checkpointed_.has_value()) return captured;  // a barrier
+  if (sequence_->cache().reserved()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", id_, ": cannot checkpoint in the middle of a step"));
+  }
+  memory::SessionState next = MetadataOf(*this, *sampler_);
+  const bool incremental = !full && checkpointed_.has_value() &&
+                           next.policy.kind != memory::PolicyKind::kRecompute;
+  std::vector<int32_t> slots;
+  if (incremental) {
+    SINKSERVE_ASSIGN_OR_RETURN(memory::SessionDelta delta,
+                               memory::DiffMetadata(*checkpointed_, next));
+    slots = delta.KvSlots();
+    captured.delta = std::move(delta);
+  } else {
+    captured.full = next.Copy();
+    const absl::Span<const int32_t> context = sequence_->cache().context_slots();
+    slots.assign(context.begin(), context.end());
+  }
+  if (!slots.empty()) {
+    SINKSERVE_ASSIGN_OR_RETURN(captured.rows, sequence_->kv()->ExportSlotsAsync(slots));
+  }
+  captured.bytes = static_cast<int64_t>(slots.size()) * next.kv_shape.cell_bytes() +
+                   static_cast<int64_t>(sizeof(memory::Cell)) *
+                       static_cast<int64_t>(next.cache.cells.size());
+  dirty_ = false;
+  checkpointed_ = std::move(next);
+  return captured;
+}
+
+}  // namespace sinkserve::engine

@@ -25,6 +25,7 @@
 #include "engine/sampler.h"
 #include "engine/sequence.h"
 #include "engine/tokenizer.h"
+#include "memory/checkpoint_pipeline.h"
 #include "memory/session_state.h"
 #include "memory/session_store.h"
 
@@ -113,6 +114,17 @@ class Session {
   // there is one and the policy allows it (not `recompute`), else a full
   // record. Errors leave the session dirty and its last checkpoint as it was.
   absl::StatusOr<memory::CheckpointResult> Checkpoint(memory::SessionStore* store);
+
+  // Captures a checkpoint for a memory::CheckpointPipeline instead of writing
+  // it: what Checkpoint would write (a delta against the last capture; a full
+  // state when there is none, for `recompute`, or when `full` is asked for
+  // after a failed write), with the K/V rows exported asynchronously where
+  // the backend can. The session then counts as checkpointed: the capture is
+  // the base of the next one, so captures must reach the store in order (the
+  // pipeline keeps them so). A clean session, not forced, yields a barrier
+  // (neither full nor delta). Use one way per session: Checkpoint() after
+  // captures would diff against a version the session does not know.
+  absl::StatusOr<memory::PendingCheckpoint> Capture(bool full = false);
 
  private:
   Session() = default;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "engine/model_weights.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "memory/checkpoint_pipeline.h"
 #include "memory/rocksdb_session_store.h"
 
 namespace sinkserve::engine {
@@ -269,6 +271,63 @@ TEST_F(SessionTest, IncrementalCheckpointsAreSmallAndReplayExactly) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->bytes_written, 0u);
 }
+
+// The server's path: every turn captured at once, while earlier captures
+// may still be queued, and written by the pipeline's threads, in order. The store must end up at exactly the live state, for every
+// policy, and a turn must write no cell it evicted again before its end.
+class CaptureTest : public SessionTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(CaptureTest, QueuedCapturesReplayExactly) {
+  const PolicyCase& c = kPolicies[GetParam()];
+  auto store = memory::RocksDbSessionStore::Open(dir_, {});
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto session = Session::Create("cap", backend_.get(), fingerprint_, Config(c.policy, false));
+  ASSERT_TRUE(session.ok()) << session.status();
+  std::vector<int32_t> ignored;
+  std::vector<absl::Status> outcomes;
+  std::mutex mu;
+  {
+    memory::CheckpointPipelineOptions options;
+    options.writer_threads = 2;
+    memory::CheckpointPipeline pipeline(store->get(), options);
+    for (int round = 0; round < 2 * kTurns; ++round) {
+      ASSERT_TRUE(RunTurn(**session, round % kTurns, &ignored).ok());
+      const memory::KvCache& cache = (*session)->sequence().cache();
+      auto captured = (*session)->Capture();
+      ASSERT_TRUE(captured.ok()) << captured.status();
+      EXPECT_FALSE((*session)->dirty());
+      if (captured->delta.has_value()) {
+        // Only cells still kept are written.
+        EXPECT_LE(captured->delta->kv_cells(), cache.size()) << c.name;
+      } else {
+        ASSERT_TRUE(captured->full.has_value());
+        EXPECT_TRUE(round == 0 || c.policy.kind == PolicyKind::kRecompute) << c.name;
+      }
+      pipeline.Submit(*std::move(captured),
+                      [&](const absl::StatusOr<memory::CheckpointOutcome>& o) {
+                        std::lock_guard<std::mutex> lock(mu);
+                        outcomes.push_back(o.status());
+                      });
+    }
+    // A clean session captures a barrier.
+    auto barrier = (*session)->Capture();
+    ASSERT_TRUE(barrier.ok());
+    EXPECT_FALSE(barrier->full.has_value() || barrier->delta.has_value());
+    pipeline.Submit(*std::move(barrier), nullptr);
+  }
+  ASSERT_EQ(outcomes.size(), 2u * kTurns);
+  for (const absl::Status& o : outcomes) EXPECT_TRUE(o.ok()) << o;
+  auto loaded = (*store)->Load("cap", fingerprint_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  auto snapshot = (*session)->Snapshot();
+  ASSERT_TRUE(snapshot.ok());
+  EXPECT_TRUE(loaded->state == *snapshot) << c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, CaptureTest, ::testing::Range(0, 5),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(kPolicies[info.param].name);
+                         });
 
 TEST_F(SessionTest, RestoreUnderAnotherModelIsFailedPrecondition) {
   auto session = Session::Create("fp", backend_.get(), fingerprint_,

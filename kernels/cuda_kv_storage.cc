@@ -50,23 +50,31 @@ absl::Status CudaKvStorage::CheckSlots(absl::Span<const int32_t> slots) const {
 }
 
 absl::Status CudaKvStorage::Transfer(absl::Span<const int32_t> slots, bool gather) const {
+  SINKSERVE_RETURN_IF_ERROR(packed_.Reserve(SlotBytes() * slots.size()));
+  if (gather) return GatherInto(slots, packed_.get());
   const int n = static_cast<int>(slots.size());
   SINKSERVE_RETURN_IF_ERROR(slots_.Reserve(slots.size() * sizeof(int32_t)));
-  SINKSERVE_RETURN_IF_ERROR(packed_.Reserve(SlotBytes() * slots.size()));
+  SINKSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slots_.get(), slots.data(),
+                                                 slots.size() * sizeof(int32_t),
+                                                 cudaMemcpyHostToDevice, ctx_->stream()));
+  const int row_units = static_cast<int>(kv_dim_ * engine::KvDtypeBytes(dtype_) / 2);
+  SINKSERVE_CUDA_RETURN_IF_ERROR(LaunchScatterSlots(
+      packed_.as<uint16_t>(), static_cast<int>(n_layers_), capacity_, row_units,
+      slots_.as<int32_t>(), n, rows_.as<uint16_t>(), ctx_->stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaKvStorage::GatherInto(absl::Span<const int32_t> slots, void* out) const {
+  const int n = static_cast<int>(slots.size());
+  SINKSERVE_RETURN_IF_ERROR(slots_.Reserve(slots.size() * sizeof(int32_t)));
   SINKSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slots_.get(), slots.data(),
                                                  slots.size() * sizeof(int32_t),
                                                  cudaMemcpyHostToDevice, ctx_->stream()));
   // Rows are moved as 2-byte units whatever the dtype.
   const int row_units = static_cast<int>(kv_dim_ * engine::KvDtypeBytes(dtype_) / 2);
-  if (gather) {
-    SINKSERVE_CUDA_RETURN_IF_ERROR(LaunchGatherSlots(
-        rows_.as<uint16_t>(), static_cast<int>(n_layers_), capacity_, row_units,
-        slots_.as<int32_t>(), n, packed_.as<uint16_t>(), ctx_->stream()));
-  } else {
-    SINKSERVE_CUDA_RETURN_IF_ERROR(LaunchScatterSlots(
-        packed_.as<uint16_t>(), static_cast<int>(n_layers_), capacity_, row_units,
-        slots_.as<int32_t>(), n, rows_.as<uint16_t>(), ctx_->stream()));
-  }
+  SINKSERVE_CUDA_RETURN_IF_ERROR(LaunchGatherSlots(
+      rows_.as<uint16_t>(), static_cast<int>(n_layers_), capacity_, row_units,
+      slots_.as<int32_t>(), n, static_cast<uint16_t*>(out), ctx_->stream()));
   return absl::OkStatus();
 }
 
@@ -112,6 +120,80 @@ absl::Status CudaKvStorage::ExportSlots(absl::Span<const int32_t> slots,
   SINKSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out->data(), packed_.get(), out->size(),
                                                  cudaMemcpyDeviceToHost, ctx_->stream()));
   return ctx_->Synchronize();
+}
+
+namespace {
+
+// Rows gathered on the device at capture time, copied to the host by Wait.
+// Holds the context, so it may outlive the storage (a session dropped from
+// memory while its checkpoint is still being written).
+class DeviceRows : public memory::PendingRows {
+ public:
+  DeviceRows(std::shared_ptr<DeviceContext> ctx, void* rows, size_t bytes, cudaEvent_t gathered)
+      : ctx_(std::move(ctx)), rows_(rows), bytes_(bytes), gathered_(gathered) {}
+  ~DeviceRows() override { Release(); }
+
+  absl::Status Wait(std::string* out) override {
+    if (rows_ == nullptr) return absl::FailedPreconditionError("rows already taken");
+    SINKSERVE_RETURN_IF_ERROR(ctx_->Activate());
+    out->resize(bytes_);
+    const cudaStream_t copy = ctx_->copy_stream();
+    absl::Status s = CopyOut(copy, out);
+    Release();
+    return s;
+  }
+
+ private:
+  absl::Status CopyOut(cudaStream_t copy, std::string* out) {
+    SINKSERVE_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(copy, gathered_, 0));
+    // Pageable memory: the call returns once the rows are on the host, and
+    // only this (writer) thread waits for it.
+    SINKSERVE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(out->data(), rows_, bytes_, cudaMemcpyDeviceToHost, copy));
+    SINKSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy));
+    return absl::OkStatus();
+  }
+  void Release() {
+    if (rows_ == nullptr) return;
+    cudaSetDevice(ctx_->device());
+    // Stream-ordered after the copy: no device-wide synchronization.
+    cudaFreeAsync(rows_, ctx_->copy_stream());
+    cudaEventDestroy(gathered_);
+    rows_ = nullptr;
+  }
+
+  std::shared_ptr<DeviceContext> ctx_;
+  void* rows_;  // (n_layers, 2, n, kv_dim) in the KV dtype, device
+  size_t bytes_;
+  cudaEvent_t gathered_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<memory::PendingRows>> CudaKvStorage::ExportSlotsAsync(
+    absl::Span<const int32_t> slots) const {
+  SINKSERVE_RETURN_IF_ERROR(CheckSlots(slots));
+  if (slots.empty()) return KvStorage::ExportSlotsAsync(slots);
+  SINKSERVE_RETURN_IF_ERROR(ctx_->Activate());
+  const size_t bytes = SlotBytes() * slots.size();
+  void* rows = nullptr;
+  SINKSERVE_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&rows, bytes, ctx_->stream()));
+  cudaEvent_t gathered = nullptr;
+  absl::Status s = GatherInto(slots, rows);
+  if (s.ok()) {
+    if (cudaError_t e = cudaEventCreateWithFlags(&gathered, cudaEventDisableTiming);
+        e != cudaSuccess) {
+      s = absl::InternalError(absl::StrCat("cudaEventCreate: ", cudaGetErrorString(e)));
+    } else if (e = cudaEventRecord(gathered, ctx_->stream()); e != cudaSuccess) {
+      cudaEventDestroy(gathered);
+      s = absl::InternalError(absl::StrCat("cudaEventRecord: ", cudaGetErrorString(e)));
+    }
+  }
+  if (!s.ok()) {
+    cudaFreeAsync(rows, ctx_->stream());
+    return s;
+  }
+  return std::make_unique<DeviceRows>(ctx_, rows, bytes, gathered);
 }
 
 absl::Status CudaKvStorage::ImportSlots(absl::Span<const int32_t> slots,

@@ -42,6 +42,11 @@ class CudaKvStorage : public engine::KvStorage {
 
   absl::Status MoveSlots(absl::Span<const std::pair<int32_t, int32_t>> moves) override;
   absl::Status ExportSlots(absl::Span<const int32_t> slots, std::string* out) const override;
+  // Gathers the rows into a buffer of their own on the compute stream (so
+  // later steps cannot change them) and returns at once; Wait() copies them
+  // to the host on the context's copy stream, from the waiting thread.
+  absl::StatusOr<std::unique_ptr<memory::PendingRows>> ExportSlotsAsync(
+      absl::Span<const int32_t> slots) const override;
   absl::Status ImportSlots(absl::Span<const int32_t> slots, std::string_view bytes) override;
 
  private:
@@ -55,6 +60,9 @@ class CudaKvStorage : public engine::KvStorage {
   // Uploads `slots` and gathers (gather) or scatters their rows through
   // packed_ (n_layers, 2, slots.size(), kv_dim).
   absl::Status Transfer(absl::Span<const int32_t> slots, bool gather) const;
+  // Transfer's gather into `out` (n_layers, 2, slots.size(), kv_dim) instead
+  // of packed_.
+  absl::Status GatherInto(absl::Span<const int32_t> slots, void* out) const;
 
   std::shared_ptr<DeviceContext> ctx_;
   int64_t n_layers_;

@@ -1,6 +1,8 @@
 // The CUDA backend under the engine's own drivers: cache policies through
 // engine::Sequence, snapshots across backends, device picks, CUDA graphs.
 // Same fixture and instantiations as cuda_backend_test.cc (one executable).
+#include <thread>
+
 #include "engine/sequence.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_test_util.h"
@@ -44,6 +46,58 @@ TEST_P(CudaBackendTest, SnapshotsMoveBetweenCpuAndGpu) {
   const std::vector<float> resumed =
       Feed(gpu_.get(), back.get(), 16, {&tokens[16], 1}, LogitsMode::kLast);
   EXPECT_LT(MaxRelError(resumed, on_cpu), tolerance());
+}
+
+// A checkpoint's rows are captured while the decoder goes on: what Wait
+// returns must be the rows of the moment of capture, even after the slots
+// were overwritten, and even after the storage itself is gone.
+TEST_P(CudaBackendTest, AsyncExportKeepsTheRowsOfItsMoment) {
+  const std::vector<int32_t> tokens = Prompt(vocab_, 24);
+  auto kv = NewKv(gpu_.get(), 32);
+  Feed(gpu_.get(), kv.get(), 0, absl::MakeConstSpan(tokens).subspan(0, 16), LogitsMode::kNone);
+  const std::vector<int32_t> slots = {3, 0, 15, 7, 8};
+  std::string want;
+  ASSERT_TRUE(kv->ExportSlots(slots, &want).ok());
+  auto pending = kv->ExportSlotsAsync(slots);
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  // Overwrite those slots: a compaction and an import of other rows.
+  ASSERT_TRUE(kv->MoveSlots({{10, 3}, {11, 0}}).ok());
+  std::string other;
+  ASSERT_TRUE(kv->ExportSlots({12, 13, 14}, &other).ok());
+  ASSERT_TRUE(kv->ImportSlots({15, 7, 8}, other).ok());
+  std::string now;
+  ASSERT_TRUE(kv->ExportSlots(slots, &now).ok());
+  ASSERT_NE(now, want) << "the test must change the rows it exported";
+  kv.reset();  // the session left memory before its checkpoint was written
+  std::string got;
+  absl::Status waited = (*pending)->Wait(&got);
+  ASSERT_TRUE(waited.ok()) << waited;
+  EXPECT_EQ(got, want);
+  // Many in flight at once, waited for from another thread in reverse order.
+  auto kv2 = NewKv(gpu_.get(), 32);
+  Feed(gpu_.get(), kv2.get(), 0, absl::MakeConstSpan(tokens).subspan(0, 20), LogitsMode::kNone);
+  std::vector<std::unique_ptr<memory::PendingRows>> inflight;
+  std::vector<std::string> expected;
+  for (int i = 0; i < 8; ++i) {
+    const std::vector<int32_t> one = {i, 19 - i};
+    expected.emplace_back();
+    ASSERT_TRUE(kv2->ExportSlots(one, &expected.back()).ok());
+    auto p = kv2->ExportSlotsAsync(one);
+    ASSERT_TRUE(p.ok()) << p.status();
+    inflight.push_back(std::move(*p));
+  }
+  std::vector<std::string> results(inflight.size());
+  std::vector<absl::Status> statuses(inflight.size());
+  std::thread writer([&] {
+    for (int i = static_cast<int>(inflight.size()) - 1; i >= 0; --i) {
+      statuses[i] = inflight[i]->Wait(&results[i]);
+    }
+  });
+  writer.join();
+  for (size_t i = 0; i < inflight.size(); ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i];
+    EXPECT_EQ(results[i], expected[i]) << i;
+  }
 }
 
 TEST_P(CudaBackendTest, DevicePicksAgreeWithHostLogits) {

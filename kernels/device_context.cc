@@ -1,5 +1,7 @@
 #include "kernels/device_context.h"
 
+#include <cstdint>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_check.h"
 #include "memory/status_macros.h"
@@ -24,6 +26,15 @@ absl::StatusOr<std::shared_ptr<DeviceContext>> DeviceContext::Create(int device)
       cudaDeviceGetAttribute(&ctx->multiprocessors_, cudaDevAttrMultiProcessorCount, device));
   SINKSERVE_CUDA_RETURN_IF_ERROR(
       cudaStreamCreateWithFlags(&ctx->stream_, cudaStreamNonBlocking));
+  SINKSERVE_CUDA_RETURN_IF_ERROR(
+      cudaStreamCreateWithFlags(&ctx->copy_stream_, cudaStreamNonBlocking));
+  // Checkpoint rows are staged with cudaMallocAsync; keep freed memory in the
+  // pool instead of returning it to the driver at every synchronization.
+  cudaMemPool_t pool = nullptr;
+  SINKSERVE_CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, device));
+  uint64_t keep = UINT64_MAX;
+  SINKSERVE_CUDA_RETURN_IF_ERROR(
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
   SINKSERVE_CUBLAS_RETURN_IF_ERROR(cublasCreate(&ctx->cublas_));
   SINKSERVE_CUBLAS_RETURN_IF_ERROR(cublasSetStream(ctx->cublas_, ctx->stream_));
   constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // NVIDIA's advice for Hopper
@@ -38,6 +49,7 @@ DeviceContext::~DeviceContext() {
   cudaSetDevice(device_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  if (copy_stream_ != nullptr) cudaStreamDestroy(copy_stream_);
 }
 
 absl::Status DeviceContext::Activate() const {

@@ -23,6 +23,9 @@ class DeviceContext {
 
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
+  // A second stream for copies off the device that must not hold up the
+  // compute stream (checkpoint rows); ordered after it with events.
+  cudaStream_t copy_stream() const { return copy_stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   int multiprocessors() const { return multiprocessors_; }
 
@@ -36,6 +39,7 @@ class DeviceContext {
 
   int device_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t copy_stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   int multiprocessors_ = 1;
   // cuBLAS's workspace, given explicitly so GEMMs captured into CUDA graphs

@@ -1,5 +1,6 @@
 #include "service/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <exception>
 #include <memory>
@@ -159,6 +160,18 @@ Metrics::Metrics(const MetricsOptions& options)
   session_memory_bytes_ = &AddGauge(
       r, "sinkserve_session_memory_bytes",
       "K/V rows and cell metadata of the sessions in memory (--max-session-memory-bytes).");
+  checkpoint_durable_ = &AddHistogram(
+      r, "sinkserve_checkpoint_durable_seconds",
+      "From a turn's end until its checkpoint is durable (what its TurnEnd waited).",
+      options.checkpoint_buckets);
+  admission_wait_ = &AddHistogram(
+      r, "sinkserve_turn_admission_wait_seconds",
+      "New turns held back while checkpoints queued past --checkpoint-buffer-bytes.",
+      options.checkpoint_buckets);
+  checkpoint_queue_ = &AddGauge(r, "sinkserve_checkpoint_queue",
+                                "Checkpoints captured and not yet durable.");
+  checkpoint_queue_bytes_ = &AddGauge(r, "sinkserve_checkpoint_queue_bytes",
+                                      "Staging bytes of the checkpoints not yet durable.");
 }
 
 Metrics::~Metrics() = default;
@@ -178,6 +191,14 @@ void Metrics::ObserveInterTokenLatency(double seconds) {
 void Metrics::ObserveCheckpoint(double seconds, int64_t bytes) {
   if (ValidSeconds(seconds)) checkpoint_seconds_->Observe(seconds);
   if (bytes > 0) checkpoint_bytes_->Increment(static_cast<double>(bytes));
+}
+
+void Metrics::ObserveCheckpointDurable(double seconds) {
+  if (ValidSeconds(seconds)) checkpoint_durable_->Observe(seconds);
+}
+
+void Metrics::ObserveAdmissionWait(double seconds) {
+  if (ValidSeconds(seconds)) admission_wait_->Observe(seconds);
 }
 
 void Metrics::ObserveBatch(int64_t turns) {
@@ -224,6 +245,11 @@ void Metrics::SetCacheCells(std::string_view policy, int64_t n) {
 
 void Metrics::SetSessionMemoryBytes(int64_t n) {
   session_memory_bytes_->Set(static_cast<double>(n));
+}
+
+void Metrics::SetCheckpointQueue(int64_t checkpoints, int64_t bytes) {
+  checkpoint_queue_->Set(static_cast<double>(std::max<int64_t>(checkpoints, 0)));
+  checkpoint_queue_bytes_->Set(static_cast<double>(std::max<int64_t>(bytes, 0)));
 }
 
 }  // namespace sinkserve::service

@@ -71,6 +71,12 @@ class Metrics {
   void ObserveTimeToFirstToken(double seconds);
   void ObserveInterTokenLatency(double seconds);
   void ObserveCheckpoint(double seconds, int64_t bytes);
+  // From a turn's end (its checkpoint captured) until that checkpoint is
+  // durable: how long its TurnEnd waited for storage.
+  void ObserveCheckpointDurable(double seconds);
+  // How long a new turn waited for admission while the checkpoint writers
+  // were over --checkpoint-buffer-bytes (backpressure).
+  void ObserveAdmissionWait(double seconds);
   // Turns advanced by one batched forward step (continuous batching at work).
   void ObserveBatch(int64_t turns);
 
@@ -94,6 +100,8 @@ class Metrics {
   // Bytes those sessions hold in K/V rows and cell metadata
   // (SessionMemoryBytes), what --max-session-memory-bytes bounds.
   void SetSessionMemoryBytes(int64_t n);
+  // Checkpoints captured and not yet durable, and the bytes they hold.
+  void SetCheckpointQueue(int64_t checkpoints, int64_t bytes);
 
  private:
   Metrics(const MetricsOptions& options);
@@ -113,6 +121,10 @@ class Metrics {
   prometheus::Gauge* sessions_in_store_ = nullptr;
   prometheus::Family<prometheus::Gauge>* cache_cells_ = nullptr;
   prometheus::Gauge* session_memory_bytes_ = nullptr;
+  prometheus::Histogram* checkpoint_durable_ = nullptr;
+  prometheus::Histogram* admission_wait_ = nullptr;
+  prometheus::Gauge* checkpoint_queue_ = nullptr;
+  prometheus::Gauge* checkpoint_queue_bytes_ = nullptr;
   // Declared last: destroyed first, so no scrape runs on a dying registry.
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;

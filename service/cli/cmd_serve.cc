@@ -85,7 +85,12 @@ int RunServe(const std::vector<std::string>& args) {
        "RNG seed of new sessions that set none; -1 = a random one per session"},
       {"drain-grace-seconds", FlagKind::kDouble, "30",
        "on SIGTERM, how long running turns may go on before they are cancelled"},
-      {"sync", FlagKind::kBool, "true", "fsync each checkpoint (power-loss safe)"}};
+      {"sync", FlagKind::kBool, "true", "fsync each checkpoint (power-loss safe)"},
+      {"checkpoint-threads", FlagKind::kInt, "2",
+       "threads writing turn checkpoints (decoding never waits for them; a TurnEnd does)"},
+      {"checkpoint-buffer-bytes", FlagKind::kInt, "1073741824",
+       "captured checkpoints not yet durable may hold this much; beyond it new turns wait "
+       "for admission (running turns go on)"}};
   AddPolicyFlags(&specs, "streaming(4,252)");
   AddBackendFlags(&specs);
   FlagSet flags("serve", kSynopsis, std::move(specs));
@@ -104,7 +109,8 @@ int RunServe(const std::vector<std::string>& args) {
   }
   for (const char* name : {"threads", "max-sessions-in-memory", "max-sessions", "max-message-bytes",
                            "max-prompt-tokens", "max-tokens", "max-tokens-limit", "prefill-chunk",
-                           "max-batch", "stream-buffer", "max-session-cells"}) {
+                           "max-batch", "stream-buffer", "max-session-cells",
+                           "checkpoint-threads"}) {
     const int64_t v = flags.GetInt(name);
     const bool may_be_zero = std::string(name) == "threads" || std::string(name) == "max-sessions";
     if (v < (may_be_zero ? 0 : 1) || v > (int64_t{1} << 30)) {
@@ -118,9 +124,11 @@ int RunServe(const std::vector<std::string>& args) {
     std::cerr << "sinkserve serve: --session-idle-seconds out of range: " << idle_seconds << "\n";
     return kExitUsage;
   }
-  if (flags.GetInt("max-session-memory-bytes") < 0) {
-    std::cerr << "sinkserve serve: --max-session-memory-bytes must be >= 0\n";
-    return kExitUsage;
+  for (const char* name : {"max-session-memory-bytes", "checkpoint-buffer-bytes"}) {
+    if (flags.GetInt(name) < 0) {
+      std::cerr << "sinkserve serve: --" << name << " must be >= 0\n";
+      return kExitUsage;
+    }
   }
 
   auto kv_dtype = engine::ParseKvDtype(flags.GetString("kv-dtype"));
@@ -146,6 +154,8 @@ int RunServe(const std::vector<std::string>& args) {
   options.sessions.max_sessions = flags.GetInt("max-sessions");
   options.sessions.idle_timeout = absl::Seconds(idle_seconds);
   options.sessions.max_session_memory_bytes = flags.GetInt("max-session-memory-bytes");
+  options.sessions.checkpoint_threads = static_cast<int>(flags.GetInt("checkpoint-threads"));
+  options.sessions.checkpoint_buffer_bytes = flags.GetInt("checkpoint-buffer-bytes");
   options.sessions.default_policy = *policy;
   options.sessions.default_sampling.temperature = flags.GetDouble("temperature");
   options.sessions.random_seed = flags.GetInt("seed") < 0;

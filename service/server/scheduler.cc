@@ -39,7 +39,25 @@ void Scheduler::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Scheduler::AddTurn(std::unique_ptr<ScheduledTurn> turn) { turns_.push_back(std::move(turn)); }
+void Scheduler::AddTurn(std::unique_ptr<ScheduledTurn> turn) {
+  if (options_.admit && (!waiting_.empty() || !options_.admit())) {
+    waiting_.push_back({std::move(turn), std::chrono::steady_clock::now()});
+    return;
+  }
+  turns_.push_back(std::move(turn));
+}
+
+void Scheduler::Admit() {
+  while (!waiting_.empty() && options_.admit()) {
+    if (options_.metrics != nullptr) {
+      options_.metrics->ObserveAdmissionWait(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - waiting_.front().since)
+              .count());
+    }
+    turns_.push_back(std::move(waiting_.front().turn));
+    waiting_.pop_front();
+  }
+}
 
 void Scheduler::CancelAll() { cancel_all_ = true; }
 
@@ -55,7 +73,13 @@ void Scheduler::Loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (tasks_.empty() && !wake_ && !stop_ && turns_.empty()) {
-        cv_.wait(lock, [this] { return !tasks_.empty() || wake_ || stop_; });
+        auto woken = [this] { return !tasks_.empty() || wake_ || stop_; };
+        // Waiting turns are admitted on a Wake; poll as a safety net.
+        if (waiting_.empty()) {
+          cv_.wait(lock, woken);
+        } else {
+          cv_.wait_for(lock, std::chrono::milliseconds(10), woken);
+        }
       }
       tasks.swap(tasks_);
       wake_ = false;
@@ -64,6 +88,7 @@ void Scheduler::Loop() {
     for (auto& task : tasks) task();
     if (stop) break;
     ReapCancelled();
+    Admit();
     const bool stepped = Step();
     AfterStep();
     if (!stepped && tasks.empty()) {
@@ -103,8 +128,19 @@ bool Scheduler::ReapCancelled() {
       any = true;
     }
   }
-  cancel_all_ = false;
   if (any) Remove(&ended);
+  // Waiting turns never ran a step: cancelling one just ends it.
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (cancel_all_ || it->turn->CancelRequested()) {
+      it->turn->driver().Cancel();
+      it->turn->OnEnd(absl::OkStatus());
+      it = waiting_.erase(it);
+      any = true;
+    } else {
+      ++it;
+    }
+  }
+  cancel_all_ = false;
   return any;
 }
 

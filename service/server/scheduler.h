@@ -14,6 +14,7 @@
 #ifndef SINKSERVE_SERVICE_SERVER_SCHEDULER_H_
 #define SINKSERVE_SERVICE_SERVER_SCHEDULER_H_
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -57,6 +58,10 @@ struct SchedulerOptions {
   std::function<void()> after_step;
   // Each step's batch size goes here. Default: null.
   Metrics* metrics = nullptr;
+  // Whether a new turn may join now (false while the checkpoint writers are
+  // behind); turns that may not wait, in arrival order, and the running ones
+  // go on. Call Wake() when it may have become true. Default: always.
+  std::function<bool()> admit;
 };
 
 struct SchedulerStats {
@@ -82,9 +87,11 @@ class Scheduler {
   // Ends every turn as cancelled, runs the tasks left and joins the thread.
   void Stop();
 
-  // Scheduler thread only.
+  // Scheduler thread only. The turn runs from the next step, or waits for
+  // admission (SchedulerOptions::admit).
   void AddTurn(std::unique_ptr<ScheduledTurn> turn);
-  int active_turns() const { return static_cast<int>(turns_.size()); }
+  // Running and waiting turns.
+  int active_turns() const { return static_cast<int>(turns_.size() + waiting_.size()); }
   // Asks every turn to end (drain past its grace period).
   void CancelAll();
   SchedulerStats stats() const;
@@ -95,6 +102,8 @@ class Scheduler {
   bool Step();
   // Ends turns that asked to; true if any.
   bool ReapCancelled();
+  // Moves waiting turns into the batch while admit() allows.
+  void Admit();
   void AfterStep();
   void Remove(std::vector<bool>* ended);
 
@@ -110,6 +119,11 @@ class Scheduler {
 
   // Scheduler thread only.
   std::vector<std::unique_ptr<ScheduledTurn>> turns_;
+  struct Waiting {
+    std::unique_ptr<ScheduledTurn> turn;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::deque<Waiting> waiting_;  // not yet admitted, in arrival order
   size_t rotation_ = 0;
   bool cancel_all_ = false;
   engine::StepResult result_;

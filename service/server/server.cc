@@ -108,24 +108,37 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
 
   SINKSERVE_ASSIGN_OR_RETURN(server->model_, ServingModel::Load(options.model));
   server->encoder_ = std::make_unique<TurnEncoder>(*server->model_->tokenizer);
-  // Durability is the session manager's: it syncs the store once for all the
-  // turns that end in a scheduler step (group commit) instead of per write.
+  // Durability is the checkpoint writers': they sync the store once for each
+  // group of checkpoints they write (group commit) instead of per write.
   memory::RocksDbSessionStoreOptions store_options;
   store_options.sync = false;
   SINKSERVE_ASSIGN_OR_RETURN(server->store_,
                              memory::RocksDbSessionStore::Open(options.db, store_options));
   SessionManagerOptions session_options = options.sessions;
   session_options.sync = options.sync;
+  // The scheduler exists only later; writers may call this before and after.
+  auto scheduler_slot = std::make_shared<std::atomic<Scheduler*>>(nullptr);
+  session_options.on_checkpoint_room = [scheduler_slot] {
+    if (Scheduler* scheduler = scheduler_slot->load()) scheduler->Wake();
+  };
+  server->scheduler_slot_ = scheduler_slot;
   SINKSERVE_ASSIGN_OR_RETURN(server->sessions_,
                              SessionManager::Create(server->model_.get(), server->store_.get(),
                                                     server->metrics_.get(), session_options));
   SchedulerOptions scheduler_options = options.scheduler;
   scheduler_options.metrics = server->metrics_.get();
   scheduler_options.after_step = [sessions = server->sessions_.get()] {
-    sessions->CompleteTurnCheckpoints();
+    if (absl::Status s = sessions->Sweep(); !s.ok()) {
+      ServerLog("dropping idle sessions: ", s.ToString());
+    }
+  };
+  // Backpressure: while the checkpoint writers are behind, new turns wait.
+  scheduler_options.admit = [sessions = server->sessions_.get()] {
+    return sessions->AdmitTurns();
   };
   server->scheduler_ =
       std::make_unique<Scheduler>(server->model_->backend.get(), scheduler_options);
+  scheduler_slot->store(server->scheduler_.get());
   server->StartSweeper(options.sessions.idle_timeout);
 
   ServingCore core;
@@ -218,6 +231,9 @@ Server::~Server() {
     grpc_server_->Wait();
   }
   if (scheduler_ != nullptr) scheduler_->Stop();
+  if (scheduler_slot_ != nullptr) scheduler_slot_->store(nullptr);
+  // Writes what is still queued while the store is open.
+  sessions_.reset();
 }
 
 }  // namespace sinkserve::service

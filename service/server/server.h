@@ -5,6 +5,7 @@
 #ifndef SINKSERVE_SERVICE_SERVER_SERVER_H_
 #define SINKSERVE_SERVICE_SERVER_SERVER_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -78,6 +79,8 @@ class Server {
   std::unique_ptr<memory::RocksDbSessionStore> store_;
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<Scheduler> scheduler_;
+  // What the checkpoint writers wake when they have room again.
+  std::shared_ptr<std::atomic<Scheduler*>> scheduler_slot_;
   std::thread sweeper_;
   absl::Notification stop_sweeper_;
   int port_ = 0;

@@ -129,6 +129,10 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
         "idle_timeout and max_session_memory_bytes must be >= 0 (0 = no limit)");
   }
   if (!options.clock) return absl::InvalidArgumentError("clock must be set");
+  if (options.checkpoint_threads < 1 || options.checkpoint_buffer_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "checkpoint_threads must be >= 1 and checkpoint_buffer_bytes >= 0");
+  }
   auto manager =
       std::unique_ptr<SessionManager>(new SessionManager(model, store, metrics, options));
   memory::ListOptions list;
@@ -139,6 +143,12 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
     if (page.next_start_after.empty()) break;
     list.start_after = page.next_start_after;
   }
+  memory::CheckpointPipelineOptions pipeline;
+  pipeline.writer_threads = options.checkpoint_threads;
+  pipeline.sync = options.sync;
+  pipeline.buffer_bytes = options.checkpoint_buffer_bytes;
+  pipeline.on_room = options.on_checkpoint_room;
+  manager->pipeline_ = std::make_unique<memory::CheckpointPipeline>(store, pipeline);
   manager->UpdateGauges();
   return manager;
 }
@@ -233,7 +243,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
     it->second.attached = true;
     lru_.erase(it->second.lru);
     result.session = it->second.session.get();
-    LogIfError(SweepAndLog());
+    SweepAndLog();
     return result;
   }
   absl::StatusOr<memory::LoadedSession> loaded = store_->Load(id, model_->fingerprint);
@@ -245,7 +255,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
     result.session = session.get();
     result.restored = true;
     Insert(std::move(session), /*attached=*/true);
-    LogIfError(SweepAndLog());
+    SweepAndLog();
     return result;
   }
   if (loaded.status().code() != absl::StatusCode::kNotFound) return loaded.status();
@@ -257,7 +267,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
   result.session = session.get();
   result.created = true;
   Insert(std::move(session), /*attached=*/true);
-  LogIfError(SweepAndLog());
+  SweepAndLog();
   return result;
 }
 
@@ -273,7 +283,7 @@ void SessionManager::Detach(const std::string& id) {
       ServerLog("cannot drop a session from memory: ", s.ToString());
     }
   }
-  LogIfError(SweepAndLog());
+  SweepAndLog();
 }
 
 absl::StatusOr<v1::SessionInfo> SessionManager::CreateDetached(const std::string& id,
@@ -288,7 +298,7 @@ absl::StatusOr<v1::SessionInfo> SessionManager::CreateDetached(const std::string
                              NewSession(id, config, &warnings));
   v1::SessionInfo info = InfoOf(*session);
   Insert(std::move(session), /*attached=*/false);
-  SINKSERVE_RETURN_IF_ERROR(SweepAndLog());
+  SweepAndLog();
   return info;
 }
 
@@ -341,80 +351,135 @@ absl::Status SessionManager::Delete(const std::string& id) {
       return absl::FailedPreconditionError(
           absl::StrCat("session ", id, " is attached to a stream"));
     }
+    // Its checkpoints still being written would land after the delete.
+    pipeline_->Flush(id);
     lru_.erase(it->second.lru);
     memory_bytes_ -= it->second.bytes;
     sessions_.erase(it);
     in_memory = true;
   }
+  pipeline_->Forget(id);
   absl::Status s = store_->Delete(id);
   if (s.ok()) {
     --stored_sessions_;
-    unsynced_ = true;
+    if (options_.sync) s = store_->Sync();
   }
   if (s.code() == absl::StatusCode::kNotFound) {
     s = in_memory ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no session ", id));
   }
   UpdateGauges();
-  absl::Status synced = SweepAndLog();
-  return s.ok() ? synced : s;
+  SweepAndLog();
+  return s;
 }
 
 absl::Status SessionManager::Checkpoint(engine::Session* session) {
   absl::Status s = CheckpointSession(session);
-  absl::Status synced = SweepAndLog();
-  return s.ok() ? synced : s;
+  SweepAndLog();
+  return s;
 }
 
 void SessionManager::CheckpointTurn(engine::Session* session,
                                     std::function<void(const absl::Status&)> done) {
-  turn_checkpoints_.push_back({CheckpointSession(session), std::move(done)});
+  SubmitCheckpoint(session, std::move(done));
 }
 
-void SessionManager::CompleteTurnCheckpoints() {
-  if (turn_checkpoints_.empty()) return;
-  std::vector<TurnCheckpoint> ended = std::move(turn_checkpoints_);
-  turn_checkpoints_.clear();
-  const absl::Status synced = SweepAndLog();
-  for (TurnCheckpoint& turn : ended) turn.done(turn.written.ok() ? synced : turn.written);
+void SessionManager::WaitForCheckpoints() { pipeline_->FlushAll(); }
+
+bool SessionManager::AdmitTurns() const { return !pipeline_->OverBudget(); }
+
+memory::CheckpointPipelineStats SessionManager::checkpoint_stats() const {
+  return pipeline_->stats();
 }
 
-absl::Status SessionManager::SyncIfNeeded() {
-  if (!unsynced_ || !options_.sync) return absl::OkStatus();
-  // Cleared first: a failed sync is reported to the writes it covered, and
-  // the next write tries again.
-  unsynced_ = false;
-  return store_->Sync();
+void SessionManager::SubmitCheckpoint(engine::Session* session,
+                                      std::function<void(const absl::Status&)> done) {
+  absl::StatusOr<memory::PendingCheckpoint> captured =
+      session->Capture(/*full=*/pipeline_->NeedsFull(session->id()));
+  if (!captured.ok()) {
+    done(captured.status());
+    return;
+  }
+  Metrics* metrics = metrics_;
+  memory::CheckpointPipeline* pipeline = pipeline_.get();
+  pipeline_->Submit(
+      std::move(*captured),
+      [metrics, pipeline, done = std::move(done)](
+          const absl::StatusOr<memory::CheckpointOutcome>& outcome) {
+        if (metrics != nullptr) {
+          if (outcome.ok() && outcome->wrote) {
+            metrics->ObserveCheckpoint(absl::ToDoubleSeconds(outcome->result.latency),
+                                       static_cast<int64_t>(outcome->result.bytes_written));
+          }
+          if (outcome.ok()) {
+            metrics->ObserveCheckpointDurable(absl::ToDoubleSeconds(outcome->queued_to_durable));
+          }
+          const memory::CheckpointPipelineStats stats = pipeline->stats();
+          // Still counts this one: it leaves the queue after its callback.
+          metrics->SetCheckpointQueue(stats.queued - 1, stats.queued_bytes);
+        }
+        done(outcome.status());
+      });
+  if (metrics_ != nullptr) {
+    const memory::CheckpointPipelineStats stats = pipeline_->stats();
+    metrics_->SetCheckpointQueue(stats.queued, stats.queued_bytes);
+  }
 }
 
 absl::Status SessionManager::CheckpointSession(engine::Session* session) {
-  if (!session->dirty()) return absl::OkStatus();
-  SINKSERVE_ASSIGN_OR_RETURN(memory::CheckpointResult result, session->Checkpoint(store_));
-  unsynced_ = true;
-  if (metrics_ != nullptr) {
-    metrics_->ObserveCheckpoint(absl::ToDoubleSeconds(result.latency),
-                                static_cast<int64_t>(result.bytes_written));
-    UpdateGauges();
+  if (!session->dirty() && !pipeline_->NeedsFull(session->id()) &&
+      !pipeline_->Busy(session->id())) {
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  auto result = std::make_shared<absl::Status>();
+  SubmitCheckpoint(session, [result](const absl::Status& s) { *result = s; });
+  pipeline_->Flush(session->id());
+  UpdateGauges();
+  return *result;
 }
 
 absl::Status SessionManager::CheckpointAll() {
-  absl::Status first;
+  // Captured first, then waited for together: the writers work in parallel.
+  auto first = std::make_shared<absl::Status>();
+  auto mu = std::make_shared<std::mutex>();
   for (auto& [id, entry] : sessions_) {
-    absl::Status s = CheckpointSession(entry.session.get());
-    if (first.ok() && !s.ok()) first = s;
+    engine::Session* session = entry.session.get();
+    if (!session->dirty() && !pipeline_->NeedsFull(id)) continue;
+    SubmitCheckpoint(session, [first, mu](const absl::Status& s) {
+      std::lock_guard<std::mutex> lock(*mu);
+      if (first->ok() && !s.ok()) *first = s;
+    });
   }
-  absl::Status synced = SyncIfNeeded();
-  return first.ok() ? synced : first;
+  pipeline_->FlushAll();
+  UpdateGauges();
+  std::lock_guard<std::mutex> lock(*mu);
+  return *first;
 }
 
 absl::Status SessionManager::Drop(std::map<std::string, Entry>::iterator it) {
   // A session that cannot be checkpointed stays: dropping it would lose turns.
   SINKSERVE_RETURN_IF_ERROR(CheckpointSession(it->second.session.get()));
+  if (!TryDrop(it)) {
+    return absl::UnavailableError(
+        absl::StrCat("session ", it->first, " is not durable yet; it stays in memory"));
+  }
+  return absl::OkStatus();
+}
+
+bool SessionManager::TryDrop(std::map<std::string, Entry>::iterator it) {
+  engine::Session* session = it->second.session.get();
+  const std::string& id = it->first;
+  if (pipeline_->Busy(id)) return false;
+  if (session->dirty() || pipeline_->NeedsFull(id)) {
+    SubmitCheckpoint(session, [id](const absl::Status& s) {
+      if (!s.ok()) ServerLog("checkpoint of idle session ", id, " failed: ", s.ToString());
+    });
+    return false;
+  }
+  pipeline_->Forget(id);
   lru_.erase(it->second.lru);
   memory_bytes_ -= it->second.bytes;
   sessions_.erase(it);
-  return absl::OkStatus();
+  return true;
 }
 
 absl::Status SessionManager::MakeRoom() {
@@ -437,11 +502,7 @@ absl::Status SessionManager::MakeRoom() {
                                                    options_.max_sessions_in_memory, ")"));
 }
 
-absl::Status SessionManager::Sweep() {
-  absl::Status dropped = DropIdle();
-  absl::Status synced = SyncIfNeeded();
-  return dropped.ok() ? synced : dropped;
-}
+absl::Status SessionManager::Sweep() { return DropIdle(); }
 
 absl::Status SessionManager::DropIdle() {
   absl::Status first;
@@ -457,23 +518,18 @@ absl::Status SessionManager::DropIdle() {
     const bool over_budget =
         options_.max_session_memory_bytes > 0 && memory_bytes_ > options_.max_session_memory_bytes;
     if (!idle && !over_budget) break;
-    absl::Status s = Drop(it);
-    if (first.ok() && !s.ok()) first = s;
+    // Not durable yet: its checkpoint is under way and a later sweep drops it.
+    TryDrop(it);
   }
   // Runs after every turn: skip the O(sessions) gauge update when idle.
   if (sessions_.size() != before) UpdateGauges();
   return first;
 }
 
-void SessionManager::LogIfError(const absl::Status& synced) {
-  if (!synced.ok()) ServerLog("sync of the session store failed: ", synced.ToString());
-}
-
-absl::Status SessionManager::SweepAndLog() {
+void SessionManager::SweepAndLog() {
   if (absl::Status s = DropIdle(); !s.ok()) {
     ServerLog("cannot drop a session from memory: ", s.ToString());
   }
-  return SyncIfNeeded();
 }
 
 void SessionManager::Insert(std::unique_ptr<engine::Session> session, bool attached) {

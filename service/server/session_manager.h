@@ -28,6 +28,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/session.h"
+#include "memory/checkpoint_pipeline.h"
 #include "memory/session_store.h"
 #include "service/metrics.h"
 #include "service/server/serving_model.h"
@@ -71,11 +72,21 @@ struct SessionManagerOptions {
   int64_t max_session_memory_bytes = 0;
   // The clock idle_timeout is measured with. Default: absl::Now.
   std::function<absl::Time()> clock = absl::Now;
-  // Make every write durable (SessionStore::Sync) before it counts as done.
-  // Open the store without per-write sync then: each call below syncs once
-  // for what it wrote, and the turn checkpoints of one scheduler step share
-  // one sync (CheckpointTurn). Default: true.
+  // Make every checkpoint durable (SessionStore::Sync) before it counts as
+  // done: open the store without per-write sync then, and the checkpoint
+  // writers sync once for each group of writes they take together (group
+  // commit). Default: true.
   bool sync = true;
+  // Threads writing checkpoints (memory::CheckpointPipeline); turns never
+  // wait for them, only their TurnEnd does. Default: 2.
+  int checkpoint_threads = 2;
+  // Staging memory of captured checkpoints not yet written; beyond it
+  // AdmitTurns() is false (new turns wait, running ones go on). Default: 1 GiB.
+  int64_t checkpoint_buffer_bytes = int64_t{1} << 30;
+  // Runs on a checkpoint writer when the staging memory is below
+  // checkpoint_buffer_bytes again (wake whoever waits on AdmitTurns).
+  // Default: none.
+  std::function<void()> on_checkpoint_room;
 };
 
 // Memory a session in memory holds: its K/V rows (capacity x layers x K and V
@@ -118,19 +129,24 @@ class SessionManager {
   // FAILED_PRECONDITION while attached.
   absl::Status Delete(const std::string& id);
 
-  // Checkpoints the session if dirty; metrics recorded. Then sweeps.
+  // Checkpoints the session if dirty and waits until it is durable; metrics
+  // recorded. Then sweeps. For rare paths: it blocks the caller.
   absl::Status Checkpoint(engine::Session* session);
-  // Group commit for the end of a turn: checkpoints `session` now and calls
-  // `done` with the outcome once that checkpoint is durable, at the next
-  // CompleteTurnCheckpoints, so every turn that ends in one scheduler step
-  // shares one sync. A turn must not tell its client it is over before.
+  // The end of a turn: captures the session's checkpoint (its K/V rows may
+  // still be copying) and hands it to the checkpoint writers; `done` runs on
+  // a writer thread once it is durable, with the outcome. Never waits for
+  // storage: the next step runs at once. A turn must not tell its client it
+  // is over before `done`.
   void CheckpointTurn(engine::Session* session, std::function<void(const absl::Status&)> done);
-  // One sync for every CheckpointTurn since the last call, then their `done`
-  // in order (with the checkpoint's error, or else the sync's). The
-  // scheduler calls it after each step.
-  void CompleteTurnCheckpoints();
-  // Checkpoints every dirty session in memory; the first error is returned
-  // after trying all.
+  // False while the checkpoint writers hold more than
+  // checkpoint_buffer_bytes: new turns should wait (backpressure).
+  bool AdmitTurns() const;
+  // Blocks until every checkpoint captured so far is durable (or failed).
+  void WaitForCheckpoints();
+  // What the checkpoint writers hold and have done.
+  memory::CheckpointPipelineStats checkpoint_stats() const;
+  // Checkpoints every dirty session in memory and waits until all are
+  // durable; the first error is returned after trying all.
   absl::Status CheckpointAll();
 
   // The proto view of a session in memory.
@@ -139,12 +155,13 @@ class SessionManager {
   absl::StatusOr<ChatTemplate> TemplateOf(const engine::Session& session) const;
 
   // Drops detached sessions idle for idle_timeout, then detached ones beyond
-  // max_session_memory_bytes, least recently used first, each after a
-  // checkpoint if dirty (made durable before it returns). Every call that
-  // changes what is attached or stored (Attach, Detach, CreateDetached,
-  // Delete, Checkpoint) ends with it; a timer may call it too. A session
-  // whose checkpoint fails stays (dropping it would lose turns); the first
-  // such error is returned after trying the others.
+  // max_session_memory_bytes, least recently used first. A session leaves
+  // memory only once its last checkpoint is durable: a dirty one is
+  // checkpointed (without waiting) and dropped by a later sweep. Every call
+  // that changes what is attached or stored (Attach, Detach, CreateDetached,
+  // Delete, Checkpoint) and every scheduler step ends with it; a timer may
+  // call it too. A session whose checkpoint failed stays (dropping it would
+  // lose turns) and is checkpointed whole again.
   absl::Status Sweep();
 
   int sessions_in_memory() const { return static_cast<int>(sessions_.size()); }
@@ -169,21 +186,23 @@ class SessionManager {
   absl::StatusOr<std::unique_ptr<engine::Session>> NewSession(const std::string& id,
                                                               const v1::SessionConfig& config,
                                                               std::vector<std::string>* warnings);
-  // Makes room for one more session in memory.
+  // Makes room for one more session in memory; may wait for checkpoints.
   absl::Status MakeRoom();
-  // Checkpoints the detached session at `it` if dirty and drops it from
-  // memory; on a failed checkpoint it stays.
+  // Drops the detached session at `it` from memory once its checkpoints are
+  // durable, waiting for them; on a failed checkpoint it stays.
   absl::Status Drop(std::map<std::string, Entry>::iterator it);
-  // Sweep's drops without the sync.
+  // Drop without waiting: false (and a checkpoint under way) when the
+  // session's last checkpoint is not durable yet.
+  bool TryDrop(std::map<std::string, Entry>::iterator it);
+  // Sweep's drops.
   absl::Status DropIdle();
   // Sweep for callers whose own result a failing sweep must not change: the
-  // error is logged. Returns SyncIfNeeded's status.
-  absl::Status SweepAndLog();
-  // With options.sync, makes what was written since the last sync durable.
-  absl::Status SyncIfNeeded();
-  // For callers with no status to return it in (Attach, Detach).
-  static void LogIfError(const absl::Status& synced);
-  // Writes the session's checkpoint if dirty (not yet synced).
+  // error is logged.
+  void SweepAndLog();
+  // Captures the session's checkpoint (if dirty, or whole after a failed
+  // write) and submits it; `done` as in CheckpointTurn.
+  void SubmitCheckpoint(engine::Session* session, std::function<void(const absl::Status&)> done);
+  // SubmitCheckpoint, then waits until it is durable.
   absl::Status CheckpointSession(engine::Session* session);
   void Insert(std::unique_ptr<engine::Session> session, bool attached);
   void UpdateGauges() const;
@@ -196,12 +215,8 @@ class SessionManager {
   std::list<std::string> lru_;  // detached sessions, least recently used first
   int64_t stored_sessions_ = 0;
   int64_t memory_bytes_ = 0;  // SessionMemoryBytes summed over sessions_
-  bool unsynced_ = false;     // written since the last sync
-  struct TurnCheckpoint {
-    absl::Status written;
-    std::function<void(const absl::Status&)> done;
-  };
-  std::vector<TurnCheckpoint> turn_checkpoints_;  // awaiting CompleteTurnCheckpoints
+  // Last: destroyed first, writing what is queued while the rest still lives.
+  std::unique_ptr<memory::CheckpointPipeline> pipeline_;
 };
 
 }  // namespace sinkserve::service

@@ -1,13 +1,20 @@
 #include "service/server/session_manager.h"
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "memory/rocksdb_session_store.h"
@@ -15,8 +22,8 @@
 namespace sinkserve::service {
 namespace {
 
-// The real store, counting Sync calls: the group commit's contract is about
-// how many there are.
+// The real store, counting Sync calls (the group commit's contract is about
+// how many there are), whose syncs a test can hold back (a slow disk).
 class SyncCountingStore : public memory::SessionStore {
  public:
   explicit SyncCountingStore(memory::SessionStore* store) : store_(store) {}
@@ -41,14 +48,31 @@ class SyncCountingStore : public memory::SessionStore {
   absl::Status Delete(std::string_view id) override { return store_->Delete(id); }
   absl::StatusOr<memory::VerifyReport> Verify() const override { return store_->Verify(); }
   absl::Status Sync() override {
+    {
+      // Held at most 10 s, so a manager that wrongly waits fails, not hangs.
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::seconds(10), [this] { return !held_; });
+    }
     ++syncs;
     return store_->Sync();
   }
+  void Hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = true;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = false;
+    cv_.notify_all();
+  }
 
-  int syncs = 0;
+  std::atomic<int> syncs{0};
 
  private:
   memory::SessionStore* store_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool held_ = false;
 };
 
 class SessionManagerTest : public ::testing::Test {
@@ -213,6 +237,11 @@ TEST_F(SessionManagerTest, IdleSessionsLeaveMemory) {
   m->Detach("recent");
   now_ += absl::Minutes(5);  // old idle 11 min, recent 5
   ASSERT_TRUE(m->Sweep().ok());
+  // "old" was dirty: the sweep started its checkpoint without waiting, and
+  // drops it once that is durable.
+  EXPECT_EQ(m->sessions_in_memory(), 3);
+  m->WaitForCheckpoints();
+  ASSERT_TRUE(m->Sweep().ok());
   EXPECT_EQ(m->sessions_in_memory(), 2);
   auto recent = m->Attach("recent", false, config_);
   ASSERT_TRUE(recent.ok()) << recent.status();
@@ -342,7 +371,7 @@ TEST_F(SessionManagerTest, CreateListDeleteAndLimit) {
   EXPECT_TRUE(s1->restored);
 }
 
-TEST_F(SessionManagerTest, TurnCheckpointsOfOneStepShareOneSync) {
+TEST_F(SessionManagerTest, TurnCheckpointsNeverWaitForTheStoreAndEndDurable) {
   SyncCountingStore counting(store_.get());
   auto created = SessionManager::Create(model_.get(), &counting, nullptr, Options(8));
   ASSERT_TRUE(created.ok()) << created.status();
@@ -350,31 +379,57 @@ TEST_F(SessionManagerTest, TurnCheckpointsOfOneStepShareOneSync) {
   auto a = m.Attach("a", true, config_);
   auto b = m.Attach("b", true, config_);
   ASSERT_TRUE(a.ok() && b.ok());
-  EXPECT_EQ(counting.syncs, 2) << "each created session is durable before Attach returns";
+  EXPECT_EQ(counting.syncs.load(), 2) << "each created session is durable before Attach returns";
 
+  // The disk stalls: turn ends must still return at once.
+  counting.Hold();
+  std::mutex mu;
   std::vector<std::string> told;
+  const absl::Time start = absl::Now();
   for (auto* attached : {&*a, &*b}) {
     attached->session->FinishRound();  // what a turn's end leaves: dirty
     const std::string id = attached->session->id();
-    m.CheckpointTurn(attached->session, [&told, id](const absl::Status& s) {
+    m.CheckpointTurn(attached->session, [&mu, &told, id](const absl::Status& s) {
       EXPECT_TRUE(s.ok()) << s;
+      std::lock_guard<std::mutex> lock(mu);
       told.push_back(id);
     });
   }
-  EXPECT_TRUE(told.empty()) << "a turn heard it was over before its checkpoint was synced";
-  EXPECT_EQ(counting.syncs, 2);
-  m.CompleteTurnCheckpoints();
-  EXPECT_EQ(told, (std::vector<std::string>{"a", "b"}));
-  EXPECT_EQ(counting.syncs, 3) << "two turn ends, one sync";
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << "a turn end waited for the store";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_TRUE(told.empty()) << "a turn heard it was over before its checkpoint was synced";
+  }
+  EXPECT_EQ(counting.syncs.load(), 2);
+  counting.Release();
+  auto told_count = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return told.size();
+  };
+  for (int i = 0; i < 1000 && told_count() < 2; ++i) absl::SleepFor(absl::Milliseconds(5));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    std::sort(told.begin(), told.end());
+    EXPECT_EQ(told, (std::vector<std::string>{"a", "b"}));
+  }
+  EXPECT_GE(counting.syncs.load(), 3);
+  EXPECT_LE(counting.syncs.load(), 4) << "at most one sync per writer thread";
   for (const char* id : {"a", "b"}) {
     auto info = store_->Info(id);
     ASSERT_TRUE(info.ok()) << info.status();
     EXPECT_EQ(info->rounds, 1) << id;
   }
-  m.CompleteTurnCheckpoints();
-  EXPECT_EQ(counting.syncs, 3) << "nothing was written: no sync";
+  // A turn end with nothing new to write (a cancelled turn) writes nothing.
+  const int before = counting.syncs.load();
+  absl::Notification clean_done;
+  m.CheckpointTurn(a->session, [&clean_done](const absl::Status& s) {
+    EXPECT_TRUE(s.ok()) << s;
+    clean_done.Notify();
+  });
+  ASSERT_TRUE(clean_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(counting.syncs.load(), before) << "nothing was written: no sync";
 
-  // Without options.sync the manager never syncs (the store's own mode holds).
+  // Without options.sync the writers never sync (the store's own mode holds).
   SessionManagerOptions unsynced = Options(8);
   unsynced.sync = false;
   auto lax = SessionManager::Create(model_.get(), &counting, nullptr, unsynced);
@@ -382,11 +437,41 @@ TEST_F(SessionManagerTest, TurnCheckpointsOfOneStepShareOneSync) {
   auto c = (*lax)->Attach("c", true, config_);
   ASSERT_TRUE(c.ok());
   c->session->FinishRound();
-  bool done = false;
-  (*lax)->CheckpointTurn(c->session, [&done](const absl::Status& s) { done = s.ok(); });
-  (*lax)->CompleteTurnCheckpoints();
-  EXPECT_TRUE(done);
-  EXPECT_EQ(counting.syncs, 3);
+  absl::Notification done;
+  (*lax)->CheckpointTurn(c->session, [&done](const absl::Status& s) {
+    EXPECT_TRUE(s.ok()) << s;
+    done.Notify();
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(counting.syncs.load(), before);
+}
+
+TEST_F(SessionManagerTest, BackpressureHoldsNewTurnsWhileCheckpointsQueue) {
+  SyncCountingStore counting(store_.get());
+  SessionManagerOptions options = Options(8);
+  options.checkpoint_buffer_bytes = 1;  // any queued checkpoint with rows is over
+  std::atomic<int> rooms{0};
+  options.on_checkpoint_room = [&rooms] { ++rooms; };
+  auto created = SessionManager::Create(model_.get(), &counting, nullptr, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  SessionManager& m = **created;
+  auto a = m.Attach("a", true, config_);
+  ASSERT_TRUE(a.ok());
+  // Give the session cells, so its checkpoint carries K/V rows.
+  engine::GeneratorOptions gen;
+  gen.max_tokens = 4;
+  auto turn = a->session->Turn(*model_->tokenizer, {1, 2, 3, 4}, gen, {});
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  EXPECT_TRUE(m.AdmitTurns());
+  counting.Hold();
+  absl::Notification done;
+  m.CheckpointTurn(a->session, [&done](const absl::Status& s) { done.Notify(); });
+  EXPECT_FALSE(m.AdmitTurns()) << "the writers are behind: new turns wait";
+  counting.Release();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  for (int i = 0; i < 1000 && rooms.load() == 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_TRUE(m.AdmitTurns());
+  EXPECT_EQ(rooms.load(), 1) << "the waiting scheduler is woken once";
 }
 
 }  // namespace

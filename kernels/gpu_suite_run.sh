@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the GPU suite on the device machine; scripts/gpu_suite copies this
-# file into its bundle as run.sh. Stages: env, tests, sanitize, bench.
+# file into its bundle as run.sh. Stages: env, tests, sanitize, bench, serve
+# (the default runs the first four; serve is the checkpoint/serving figure).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # Carried as one archive: unpack outside the repository copy, run from there.
@@ -76,6 +77,45 @@ if has sanitize; then
   run memcheck_backend "$SANITIZER" --tool memcheck --error-exitcode 7 bin/cuda_backend_test --gtest_filter="$subset"
   run racecheck_backend "$SANITIZER" --tool racecheck --error-exitcode 7 bin/cuda_backend_test --gtest_filter="$subset:-*Greedy*"
   run initcheck_kernels "$SANITIZER" --tool initcheck --error-exitcode 7 bin/cuda_kernels_test
+fi
+
+if has serve; then
+  # The serving path end to end on the 7B shape, every turn durable: bench
+  # load against serve --backend cuda, beside cuda_bench's batched decode
+  # (the ceiling) and the disk's raw write speed, all in this one run.
+  stage "serve (bench load vs cuda_bench, 7B-shape f16, streaming(4,252))"
+  cd "$HERE"
+  model=/tmp/sinkserve_llama-7b.gguf
+  [ -f "$model" ] || bin/make_synthetic_model --out "$model" --preset llama-7b --vocab 512 \
+    --tokenizer-from shared/models/stories260K.gguf --type f16 --threads 16 --quiet || status=1
+  echo "--- disk: dd 2 GiB O_DIRECT + fdatasync"
+  dd if=/dev/zero of=/tmp/dd_probe bs=4M count=512 oflag=direct conv=fdatasync 2>&1 | tail -1
+  rm -f /tmp/dd_probe
+  echo "--- checkpoint_bench (store side, 7B-shape turns of 70 cells)"
+  bin/checkpoint_bench --sessions=${SERVE_CB_SESSIONS:-32} --turns=4 --threads=4 \
+    --dir=/tmp/checkpoint_bench 2>&1 | grep -v '^  turn' | tee "$OUT/checkpoint_bench.log"
+  echo "--- cuda_bench batched decode (the ceiling)"
+  bin/cuda_bench --model "$model" --weights f16 --kv f16 --caches 256 --batches 1,16,64 \
+    --batch-cache 256 --recompute 0 --prefill 512 2>&1 | tee "$OUT/cuda_bench_batched.log"
+  for sync in true; do
+    db=/tmp/serve_db_$sync
+    rm -rf "$db"
+    bin/sinkserve serve --model "$model" --db "$db" --backend cuda --kv-dtype f16 \
+      --listen 127.0.0.1:50077 --default-policy 'streaming(4,252)' --sync=$sync \
+      --checkpoint-threads 4 >"$OUT/serve_$sync.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do grep -q ready "$OUT/serve_$sync.log" && break; sleep 0.2; done
+    grep -q ready "$OUT/serve_$sync.log" || { echo "serve did not start"; cat "$OUT/serve_$sync.log"; status=1; }
+    for n in ${SERVE_SESSIONS:-1 16 64}; do
+      echo "--- bench load: $n sessions, sync=$sync"
+      bin/sinkserve bench load --server 127.0.0.1:50077 --sessions "$n" --turns 2 --tokens 64 \
+        --temperature 0 2>&1 | tee -a "$OUT/bench_load_$sync.log"
+    done
+    kill -TERM $pid; wait $pid; echo "serve exit $?"
+    echo "stall lines: $(grep -c 'Stalling writes' "$OUT/serve_$sync.log")"
+    grep -E 'drained|failed|error' "$OUT/serve_$sync.log" | tail -5
+  done
+  rm -f "$model"
 fi
 
 if has bench; then

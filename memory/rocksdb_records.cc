@@ -415,6 +415,14 @@ absl::Status OpenDatabase(const std::string& dir,
   db_options.create_missing_column_families = create;
   db_options.info_log = std::make_shared<StderrLogger>(dir);
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  // Flushes of large memtables run beside compactions and WAL syncs.
+  db_options.max_background_jobs = 4;
+  // When writers must slow down, do it at disk speed, not at RocksDB's
+  // default 16 MB/s (which stalled a 64-session GPU server for seconds).
+  db_options.delayed_write_rate = uint64_t{256} << 20;
+  // Write blob and SST files out as they grow, so the fsync at the end of a
+  // flush (and the WAL syncs beside it) do not find gigabytes dirty.
+  db_options.bytes_per_sync = uint64_t{8} << 20;
 
   // An existing database must be ours (or our own half-created one): adding
   // column families to somebody else's would modify it.
@@ -448,10 +456,20 @@ absl::Status OpenDatabase(const std::string& dir,
   // Folding a chain and deleting sessions turn blobs into garbage; without
   // blob GC their files would never shrink.
   kv_options.enable_blob_garbage_collection = true;
-  // Checkpoints are large; with RocksDB's default of two memtables every
-  // flush of a full one stalls writers until it is done. Four absorb a fold
-  // or a full snapshot while the previous memtable is still being flushed.
-  kv_options.max_write_buffer_number = 4;
+  // Checkpoints are large (a 64-token turn of a 7B-shaped f16 model is
+  // ~35 MB): with RocksDB's 64 MiB memtables and the default two of them,
+  // every second turn flushed and writers stalled behind the flush, then
+  // crawled at delayed_write_rate (16 MB/s). 256 MiB memtables, six of them,
+  // absorb bursts of many sessions' turns while earlier ones flush; the
+  // flush itself only moves the values into blob files.
+  kv_options.write_buffer_size = size_t{256} << 20;
+  kv_options.max_write_buffer_number = 6;
+  // L0 files hold keys and blob references only (tiny): let more pile up
+  // before slowing writers.
+  kv_options.level0_slowdown_writes_trigger = 40;
+  kv_options.level0_stop_writes_trigger = 64;
+  // K/V rows are float noise to a compressor; the default (none) stays.
+  kv_options.blob_compression_type = rocksdb::kNoCompression;
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
       {std::string(RocksDbSessionStore::kMetaColumnFamily), meta_options},

@@ -5,9 +5,18 @@
 //
 //   store_crash_writer --dir=D [--sessions=3] [--layers=4] [--kv_dim=64]
 //                      [--inline_compaction] [--max_steps=N]
+//                      [--pipeline --backlog=K]
+//
+// With --pipeline the checkpoints go through a CheckpointPipeline as in the
+// server: each session runs up to K steps ahead of what is durable (a
+// backlog of queued deltas at any moment), and "done N" means every
+// session's step N was reported durable by the pipeline.
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -15,6 +24,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "memory/checkpoint_pipeline.h"
 #include "memory/rocksdb_session_store.h"
 #include "memory/session_state.h"
 #include "memory/session_testing.h"
@@ -43,11 +53,76 @@ void Report(int64_t step) {
   }
 }
 
+// The checkpoint for `step` of `s` (a full state every 7th step, as below).
+PendingCheckpoint Capture(Session& s, const store_testing::SimOptions& sim, int64_t step) {
+  SessionState next = store_testing::SimStepMetadata(s.state, sim, step);
+  PendingCheckpoint cp;
+  cp.id = s.id;
+  cp.base_version = s.version;
+  if (step % 7 == 0) {
+    next.kv = store_testing::SimRows(next, next.cache.cells);
+    cp.full = next.Copy();
+    next.kv.clear();
+  } else {
+    absl::StatusOr<SessionDelta> delta = DiffMetadata(s.state, next);
+    if (!delta.ok()) Die("diff " + s.id, delta.status());
+    delta->kv = store_testing::SimRows(next, delta->added);
+    cp.delta = *std::move(delta);
+  }
+  s.state = std::move(next);
+  return cp;
+}
+
+int RunPipelined(SessionStore* store, const store_testing::SimOptions& sim,
+                 std::vector<Session>* all, int64_t done, int64_t max_steps, int64_t backlog) {
+  // Steps each session has had reported durable.
+  std::vector<std::atomic<int64_t>> durable(all->size());
+  for (size_t i = 0; i < all->size(); ++i) durable[i] = (*all)[i].state.turns;
+  int64_t reported = done;
+  auto min_durable = [&] {
+    int64_t m = durable[0].load();
+    for (const auto& d : durable) m = std::min(m, d.load());
+    return m;
+  };
+  auto report = [&] {
+    const int64_t m = min_durable();
+    if (m > reported) {
+      reported = m;
+      Report(m);
+    }
+  };
+  CheckpointPipelineOptions options;
+  options.writer_threads = 2;
+  CheckpointPipeline pipeline(store, options);
+  for (int64_t step = done + 1; step <= max_steps; ++step) {
+    // The decoder never waits for a write, only for the backlog bound.
+    while (step - min_durable() > backlog) {
+      report();
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    for (size_t i = 0; i < all->size(); ++i) {
+      Session& s = (*all)[i];
+      if (s.state.turns >= step) continue;
+      pipeline.Submit(Capture(s, sim, step),
+                      [&durable, i, step, id = s.id](const absl::StatusOr<CheckpointOutcome>& o) {
+                        if (!o.ok()) Die(absl::StrCat("checkpoint ", step, " of ", id), o.status());
+                        durable[i] = step;
+                      });
+    }
+    report();
+  }
+  pipeline.FlushAll();
+  report();
+  return 0;
+}
+
 int Run(int argc, char** argv) {
   std::string dir;
   int sessions = 3;
   int64_t max_steps = 1000000;
   bool inline_compaction = false;
+  bool pipeline = false;
+  int64_t backlog = 4;
   store_testing::SimOptions sim;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -67,6 +142,10 @@ int Run(int argc, char** argv) {
       max_steps = std::atoll(v);
     } else if (arg == "--inline_compaction") {
       inline_compaction = true;
+    } else if (arg == "--pipeline") {
+      pipeline = true;
+    } else if (const char* v = value("backlog")) {
+      backlog = std::atoll(v);
     } else {
       std::fprintf(stderr, "store_crash_writer: unknown flag %s\n", argv[i]);
       return 1;
@@ -110,6 +189,7 @@ int Run(int argc, char** argv) {
   int64_t done = all[0].state.turns;
   for (const Session& s : all) done = std::min(done, s.state.turns);
   Report(done);
+  if (pipeline) return RunPipelined(store->get(), sim, &all, done, max_steps, backlog);
 
   for (int64_t step = done + 1; step <= max_steps; ++step) {
     for (Session& s : all) {

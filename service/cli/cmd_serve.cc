@@ -43,7 +43,9 @@ std::string WithPort(const std::string& address, int port) {
 int RunServe(const std::vector<std::string>& args) {
   std::vector<FlagSpec> specs = {
       {"model", FlagKind::kString, "", "GGUF model file"},
-      {"db", FlagKind::kString, "", "session store directory (created if missing)"},
+      {"db", FlagKind::kString, "",
+       "session store directory (created if missing); `none` keeps nothing: sessions live "
+       "only in memory and are gone when they leave it (benchmarks; ./none for a directory)"},
       {"listen", FlagKind::kString, "127.0.0.1:50051", "gRPC listen address"},
       {"metrics-listen", FlagKind::kString, "", "Prometheus /metrics address; empty = off"},
       {"threads", FlagKind::kInt, "0", "CPU threads of the decoder; 0 = one per core"},

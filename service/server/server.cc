@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "memory/null_session_store.h"
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -110,10 +111,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->encoder_ = std::make_unique<TurnEncoder>(*server->model_->tokenizer);
   // Durability is the checkpoint writers': they sync the store once for each
   // group of checkpoints they write (group commit) instead of per write.
-  memory::RocksDbSessionStoreOptions store_options;
-  store_options.sync = false;
-  SINKSERVE_ASSIGN_OR_RETURN(server->store_,
-                             memory::RocksDbSessionStore::Open(options.db, store_options));
+  if (options.db == kNoStore) {
+    server->store_ = std::make_unique<memory::NullSessionStore>();
+  } else {
+    memory::RocksDbSessionStoreOptions store_options;
+    store_options.sync = false;
+    SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<memory::RocksDbSessionStore> rocksdb,
+                               memory::RocksDbSessionStore::Open(options.db, store_options));
+    server->rocksdb_ = rocksdb.get();
+    server->store_ = std::move(rocksdb);
+  }
   SessionManagerOptions session_options = options.sessions;
   session_options.sync = options.sync;
   // The scheduler exists only later; writers may call this before and after.
@@ -213,7 +220,8 @@ absl::Status Server::Drain(absl::Duration grace) {
   service_->StartDrain();  // streams whose turn just ended
   grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   scheduler_->Stop();
-  if (absl::Status flushed = store_->Flush(); !flushed.ok()) {
+  if (absl::Status flushed = rocksdb_ != nullptr ? rocksdb_->Flush() : absl::OkStatus();
+      !flushed.ok()) {
     ServerLog("store flush failed: ", flushed.ToString());
   }
   const SchedulerStats stats = scheduler_->stats();

@@ -25,10 +25,15 @@
 
 namespace sinkserve::service {
 
+// ServerOptions::db of a server that keeps nothing (memory::NullSessionStore).
+inline constexpr char kNoStore[] = "none";
+
 struct ServerOptions {
   // Default: "" (required).
   ServingModelOptions model;
-  // Session store directory, created if missing. Default: "" (required).
+  // Session store directory, created if missing, or kNoStore: nothing is
+  // durable (sessions live in memory only; for benchmarks). Default: ""
+  // (required).
   std::string db;
   // gRPC address; port 0 picks a free one (see Server::port()).
   // Default: "127.0.0.1:50051".
@@ -76,7 +81,8 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<ServingModel> model_;
   std::unique_ptr<TurnEncoder> encoder_;
-  std::unique_ptr<memory::RocksDbSessionStore> store_;
+  std::unique_ptr<memory::SessionStore> store_;
+  memory::RocksDbSessionStore* rocksdb_ = nullptr;  // store_, when it is one
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<Scheduler> scheduler_;
   // What the checkpoint writers wake when they have room again.

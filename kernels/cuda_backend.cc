@@ -55,7 +55,8 @@ cudaDataType CudaType(DType t) {
 class CudaBackendImpl : public CudaBackend {
  public:
   CudaBackendImpl(std::shared_ptr<DeviceContext> ctx, ModelConfig config,
-                  std::unique_ptr<DeviceWeights> weights, KvDtype kv_dtype, bool graphs)
+                  std::unique_ptr<DeviceWeights> weights, KvDtype kv_dtype, bool graphs,
+                  bool flash_prefill)
       : use_graphs_(graphs),
         ctx_(std::move(ctx)),
         config_(std::move(config)),
@@ -66,7 +67,7 @@ class CudaBackendImpl : public CudaBackend {
         kv_dim_(config_.n_kv_heads * config_.head_dim),
         rope_(config_.head_dim, config_.rope_freq_base, config_.rope_scale,
               config_.rope_style),
-        plan_(config_) {
+        plan_(config_, ToDType(kv_dtype), flash_prefill) {
     shape_.n_heads = static_cast<int>(config_.n_heads);
     shape_.n_kv_heads = static_cast<int>(config_.n_kv_heads);
     shape_.head_dim = static_cast<int>(config_.head_dim);
@@ -222,9 +223,18 @@ absl::Status CudaBackendImpl::Layer(int layer) {
       q_.as<float>(), t, shape_, layer, ToDType(kv_dtype_), cos, sin, plan_.decode_rows(),
       plan_.n_decode(), plan_.n_splits(), plan_.max_decode_keys(), partial_.as<float>(),
       act_, att_.get(), stream));
-  SINKSERVE_CUDA_RETURN_IF_ERROR(LaunchPrefillAttention(
-      q_.as<float>(), t, shape_, layer, ToDType(kv_dtype_), cos, sin, plan_.tiles(),
-      plan_.n_tiles(), act_, att_.get(), stream));
+  // Prefill chunks: tensor cores for f16 / bf16 KV and the head sizes the
+  // flash kernel has, else the CUDA-core kernel; the plan's tiles are sized
+  // for the one it chose.
+  if (plan_.flash_prefill()) {
+    SINKSERVE_CUDA_RETURN_IF_ERROR(LaunchFlashPrefillAttention(
+        q_.as<float>(), t, shape_, layer, ToDType(kv_dtype_), cos, sin, plan_.tiles(),
+        plan_.n_tiles(), act_, att_.get(), stream));
+  } else {
+    SINKSERVE_CUDA_RETURN_IF_ERROR(LaunchPrefillAttention(
+        q_.as<float>(), t, shape_, layer, ToDType(kv_dtype_), cos, sin, plan_.tiles(),
+        plan_.n_tiles(), act_, att_.get(), stream));
+  }
   // Residual add folded into the projection: x = att @ Wo^T + x.
   SINKSERVE_RETURN_IF_ERROR(Gemm(w.wo, att_.get(), n, x_.as<float>(), 1.f));
 
@@ -395,7 +405,7 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(
       DeviceWeights::Upload(*weights, ToDType(options.weight_dtype), *ctx));
   return std::unique_ptr<Backend>(
       new CudaBackendImpl(std::move(ctx), c, std::move(device_weights), options.kv_dtype,
-                          options.cuda_graphs));
+                          options.cuda_graphs, options.flash_prefill));
 }
 
 }  // namespace sinkserve::kernels

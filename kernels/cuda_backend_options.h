@@ -22,6 +22,11 @@ struct CudaBackendOptions {
   // graphs and replay them (kernels/decode_graphs.h).
   // Default: false until verified on a GPU.
   bool cuda_graphs = false;
+  // Prefill attention on tensor cores (flash_prefill_attention.cu) where it
+  // supports the model and KV type (f16 / bf16 KV, head_dim 16/32/64/128);
+  // false forces the CUDA-core kernel (A/B comparisons in cuda_bench).
+  // Default: true.
+  bool flash_prefill = true;
 };
 
 }  // namespace sinkserve::kernels

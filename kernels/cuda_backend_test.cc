@@ -4,6 +4,7 @@
 #include "kernels/cuda_backend.h"
 
 #include "kernels/cuda_test_util.h"
+#include "kernels/step_plan.h"
 
 namespace sinkserve::kernels {
 namespace {
@@ -189,6 +190,28 @@ TEST_P(CudaBackendTest, BadStepsAreErrorsNotCrashes) {
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaBackendTest, ::testing::ValuesIn(Cases()),
                          [](const auto& info) { return info.param.name; });
+
+TEST(StepPlanTest, PrefillKernelFollowsKvTypeAndHeadSize) {
+  // Host-side choice, no device needed: which Cases() take the tensor-core
+  // prefill kernel (f16 / bf16 KV, head 16/32/64/128) and its 64-row tiles.
+  engine::ModelConfig c;
+  c.dim = 64;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;  // the synthetic llama / qwen2 shapes
+  c.vocab_size = 320;
+  EXPECT_TRUE(StepPlan(c, DType::kF16, true).flash_prefill());
+  EXPECT_TRUE(StepPlan(c, DType::kBF16, true).flash_prefill());
+  EXPECT_EQ(StepPlan(c, DType::kF16, true).tile_rows(), kFlashTileRows);
+  EXPECT_FALSE(StepPlan(c, DType::kF32, true).flash_prefill());
+  EXPECT_EQ(StepPlan(c, DType::kF32, true).tile_rows(), kPrefillTileRows);
+  EXPECT_FALSE(StepPlan(c, DType::kF16, false).flash_prefill());  // option off
+  c.head_dim = 8;  // stories260K
+  EXPECT_FALSE(StepPlan(c, DType::kF16, true).flash_prefill());
+  c.head_dim = 128;
+  EXPECT_TRUE(StepPlan(c, DType::kBF16, true).flash_prefill());
+}
 
 TEST(CudaBackendStandaloneTest, NoDeviceIsUnavailableNotACrash) {
   if (CudaAvailable()) GTEST_SKIP() << "a device is present";

@@ -3,14 +3,16 @@
 //   cuda_bench --model M.gguf [--weights f16|bf16|f32] [--kv f16|bf16|f32]
 //       [--caches 256,512,1024,2048,4096] [--batches 1,8,32,64]
 //       [--batch-cache 1024] [--prefill 512] [--steps 32] [--recompute 1]
-//       [--graphs 0|1]
+//       [--graphs 0|1] [--flash 0|1]
 //
 // Measures, in one process: the device copy bandwidth (a large device-to-
 // device copy, bytes read + written) and the cuBLAS GEMM rate in the weight
 // type; per-token decode latency with a StreamingLLM cache of each size
 // (steady state: the cache stays full, each step attends to cache-1 cells
 // plus the new token) and the recompute baseline (the window re-prefilled
-// for every token); batched decode; prefill throughput. Each latency is
+// for every token); batched decode; prefill throughput (at --prefill and 4x
+// it; --flash 0 forces the CUDA-core prefill attention kernel instead of the
+// tensor-core one, for A/B runs). Each latency is
 // printed with its floor: (weight bytes + KV bytes read) / copy bandwidth.
 #include <algorithm>
 #include <chrono>
@@ -26,6 +28,7 @@
 
 #include "engine/model_weights.h"
 #include "kernels/cuda_backend.h"
+#include "kernels/ops.h"
 
 namespace {
 
@@ -158,7 +161,7 @@ int main(int argc, char** argv) {
   std::string model;
   KvDtype weights_type = KvDtype::kF16, kv_type = KvDtype::kF16;
   std::vector<int> caches = {256, 512, 1024, 2048, 4096}, batches = {1, 8, 32, 64};
-  int batch_cache = 1024, prefill = 512, steps = 32, recompute = 1, graphs = 0;
+  int batch_cache = 1024, prefill = 512, steps = 32, recompute = 1, graphs = 0, flash = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const char* k = argv[i];
     const char* v = argv[i + 1];
@@ -172,6 +175,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(k, "--steps")) steps = std::atoi(v);
     else if (!std::strcmp(k, "--recompute")) recompute = std::atoi(v);
     else if (!std::strcmp(k, "--graphs")) graphs = std::atoi(v);
+    else if (!std::strcmp(k, "--flash")) flash = std::atoi(v);
     else {
       std::fprintf(stderr, "cuda_bench: unknown or bad flag %s %s\n", k, v);
       return 2;
@@ -198,12 +202,23 @@ int main(int argc, char** argv) {
   options.weight_dtype = weights_type;
   options.kv_dtype = kv_type;
   options.cuda_graphs = graphs != 0;
+  options.flash_prefill = flash != 0;
   const auto load_start = Clock::now();
   auto backend_or = sinkserve::kernels::NewCudaBackend(*weights, options);
   CHECK_OK(backend_or.status());
   Backend* backend = backend_or->get();
-  std::printf("loaded %s in %.1f s (CUDA graphs %s)\n", model.c_str(),
-              Seconds(load_start, Clock::now()), graphs ? "on" : "off");
+  // Which prefill attention kernel the backend takes for this model and KV type.
+  const bool flash_path =
+      flash != 0 &&
+      sinkserve::kernels::FlashPrefillAttentionSupported(
+          {static_cast<int>(c.n_heads), static_cast<int>(c.n_kv_heads),
+           static_cast<int>(c.head_dim), static_cast<int>(c.n_layers), 0, 1.f},
+          kv_type == KvDtype::kF16    ? sinkserve::kernels::DType::kF16
+          : kv_type == KvDtype::kBF16 ? sinkserve::kernels::DType::kBF16
+                                      : sinkserve::kernels::DType::kF32);
+  std::printf("loaded %s in %.1f s (CUDA graphs %s, prefill attention on %s)\n", model.c_str(),
+              Seconds(load_start, Clock::now()), graphs ? "on" : "off",
+              flash_path ? "tensor cores" : "CUDA cores");
 
   const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
   const double params = c.n_layers * (2.0 * q_dim * c.dim + 2.0 * kv_dim * c.dim +

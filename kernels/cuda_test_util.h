@@ -91,6 +91,16 @@ inline std::vector<Case> Cases() {
   mqa.dim = 256;
   mqa.n_heads = 16;
   mqa.n_kv_heads = 1;
+  // Head sizes of real models for the tensor-core prefill kernel (f16 / bf16
+  // KV with head_dim 16, 32, 64 or 128 take it; head 8, stories, and f32 KV
+  // take the CUDA-core kernel).
+  engine::SyntheticLlamaSpec gqa64 = llama;  // head 64, GQA 4/2, adjacent RoPE
+  gqa64.dim = 256;
+  engine::SyntheticLlamaSpec neox64 = qwen;  // head 64, GQA 4/1, NeoX RoPE, biases
+  neox64.dim = 256;
+  neox64.n_kv_heads = 1;
+  engine::SyntheticLlamaSpec mha128 = wide;  // head 128, MHA 4/4 (Llama-2-7B's head)
+  mha128.n_kv_heads = 4;
   return {
       {"stories_f32", std::nullopt},
       {"llama_f32", llama},
@@ -101,6 +111,9 @@ inline std::vector<Case> Cases() {
       {"llama_f16", llama, KvDtype::kF16, KvDtype::kF16, 2e-2},
       {"qwen2_bf16", qwen, KvDtype::kBF16, KvDtype::kBF16, 6e-2},
       {"wide_f16_kv_bf16", wide, KvDtype::kF16, KvDtype::kBF16, 6e-2},
+      {"gqa64_f16", gqa64, KvDtype::kF16, KvDtype::kF16, 2e-2},
+      {"neox64_bf16", neox64, KvDtype::kBF16, KvDtype::kBF16, 6e-2},
+      {"mha128_f16", mha128, KvDtype::kF16, KvDtype::kF16, 2e-2},
   };
 }
 

@@ -102,6 +102,20 @@ cudaError_t LaunchPrefillAttention(const float* q, const StepTables& t,
                                    const int32_t* tile_first_row, int n_tiles,
                                    DType out_type, void* out, cudaStream_t stream);
 
+// Causal attention for prefill chunks on tensor cores (FlashAttention-2
+// style, flash_prefill_attention.cu): the same meaning as
+// LaunchPrefillAttention, with tiles of up to kFlashTileRows consecutive rows
+// of one sequence. Only f16 / bf16 KV (the MMA operand type) and head_dim 16,
+// 32, 64 or 128; queries, rotated keys and softmax weights are rounded to the
+// KV type, accumulation is f32. Static shared memory only: no Prepare call.
+inline constexpr int kFlashTileRows = 64;
+bool FlashPrefillAttentionSupported(const AttentionShape& s, DType kv_type);
+cudaError_t LaunchFlashPrefillAttention(const float* q, const StepTables& t,
+                                        const AttentionShape& s, int layer, DType kv_type,
+                                        const float* rope_cos, const float* rope_sin,
+                                        const int32_t* tile_first_row, int n_tiles,
+                                        DType out_type, void* out, cudaStream_t stream);
+
 // --- SwiGLU ----------------------------------------------------------------------
 // out (count) in `out_type` = silu(gate) * up; gate, up f32.
 cudaError_t LaunchSwiGlu(const float* gate, const float* up, int64_t count, DType out_type,

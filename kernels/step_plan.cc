@@ -20,13 +20,17 @@ constexpr int kMaxSplits = 64;
 
 }  // namespace
 
-StepPlan::StepPlan(const engine::ModelConfig& c)
+StepPlan::StepPlan(const engine::ModelConfig& c, DType kv_type, bool allow_flash)
     : n_layers_(c.n_layers),
       kv_dim_(c.n_kv_heads * c.head_dim),
       n_heads_(c.n_heads),
       n_kv_heads_(c.n_kv_heads),
       head_dim_(c.head_dim),
-      vocab_(c.vocab_size) {}
+      vocab_(c.vocab_size),
+      flash_prefill_(allow_flash && FlashPrefillAttentionSupported(
+          AttentionShape{static_cast<int>(c.n_heads), static_cast<int>(c.n_kv_heads),
+                         static_cast<int>(c.head_dim), static_cast<int>(c.n_layers), 0, 1.f},
+          kv_type)) {}
 
 absl::Status StepPlan::Validate(absl::Span<const SequenceStep> batch, const DeviceContext* ctx,
                                 engine::KvDtype kv_dtype) {
@@ -141,9 +145,10 @@ absl::Status StepPlan::Build(absl::Span<const SequenceStep> batch, int multiproc
   std::vector<int32_t> decode, tiles, out;
   max_position_ = 0;
   max_decode_keys_ = 0;
-  const bool tiled = PrefillAttentionSupported(AttentionShape{
+  const bool tiled = flash_prefill_ || PrefillAttentionSupported(AttentionShape{
       static_cast<int>(n_heads_), static_cast<int>(n_kv_heads_), static_cast<int>(head_dim_),
       static_cast<int>(n_layers_), 0, 1.f});
+  const int tile_rows = this->tile_rows();
   int32_t row = 0, key = 0;
   for (size_t s = 0; s < n_seqs; ++s) {
     const SequenceStep& step = batch[s];
@@ -169,7 +174,7 @@ absl::Status StepPlan::Build(absl::Span<const SequenceStep> batch, int multiproc
       host_[row_pos_at_ + r] = step.token_positions[i];
       host_[row_slot_at_ + r] = step.token_slots[i];
       if (prefill) {
-        if (i % kPrefillTileRows == 0) tiles.push_back(r);
+        if (i % tile_rows == 0) tiles.push_back(r);
       } else {
         decode.push_back(r);
         max_decode_keys_ = std::max(max_decode_keys_, n_ctx + i + 1);

@@ -18,13 +18,17 @@
 
 namespace sinkserve::kernels {
 
-// Sequences with at least this many new tokens take the tiled prefill
+// Sequences with at least this many new tokens take a tiled prefill
 // attention kernel; fewer, the split-K decode kernel.
 inline constexpr int kPrefillMinTokens = 4;
 
 class StepPlan {
  public:
-  explicit StepPlan(const engine::ModelConfig& config);
+  // `kv_type` picks the prefill kernel, and with it the tile size: tensor-core
+  // tiles (kFlashTileRows) where `allow_flash` and
+  // FlashPrefillAttentionSupported, else the CUDA-core kernel's
+  // (kPrefillTileRows).
+  StepPlan(const engine::ModelConfig& config, DType kv_type, bool allow_flash);
 
   // INVALID_ARGUMENT / OUT_OF_RANGE for what the CPU backend rejects, and
   // for storages from another device or of another dtype than `kv_dtype`.
@@ -44,6 +48,11 @@ class StepPlan {
   int n_splits() const { return n_splits_; }
   int max_decode_keys() const { return max_decode_keys_; }
   int n_tiles() const { return n_tiles_; }
+  // True: tiles() holds kFlashTileRows-row tiles for
+  // LaunchFlashPrefillAttention; false: kPrefillTileRows-row tiles for
+  // LaunchPrefillAttention. Fixed for the plan's lifetime.
+  bool flash_prefill() const { return flash_prefill_; }
+  int tile_rows() const { return flash_prefill_ ? kFlashTileRows : kPrefillTileRows; }
 
   // Size and device address of the uploaded tables: with the counts above
   // they fix every pointer in tables() (for graph keys).
@@ -65,6 +74,7 @@ class StepPlan {
   const int32_t* Device(size_t offset) const { return ints_.as<int32_t>() + offset; }
 
   int64_t n_layers_, kv_dim_, n_heads_, n_kv_heads_, head_dim_, vocab_;
+  bool flash_prefill_;  // the tensor-core prefill kernel handles this model and KV type
   std::vector<CudaKvStorage*> kvs_;   // (n_seqs)
   std::vector<uint32_t> slot_mark_;   // (max capacity) step stamp per slot
   uint32_t stamp_ = 0;

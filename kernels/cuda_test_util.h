@@ -146,6 +146,7 @@ class CudaBackendTest : public ::testing::TestWithParam<Case> {
     CudaBackendOptions options;
     options.weight_dtype = c.weights;
     options.kv_dtype = c.kv;
+    options.flash_prefill = true;  // the parity suite covers the tensor-core kernel
     auto gpu = NewCudaBackend(weights_, options);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = std::move(*gpu);

@@ -260,6 +260,7 @@ int Run(const Flags& f) {
               "admission waits %lld\n",
               Percentile(submit_us, 0.5), Percentile(submit_us, 0.99),
               Percentile(submit_us, 1.0), static_cast<long long>(admission_waits.load()));
+  store->reset();  // closed (background flushes done) before its files go
   fs::remove_all(f.dir, ec);
   return errors.load() == 0 ? 0 : 1;
 }

@@ -124,9 +124,9 @@ void CheckpointPipeline::Write(Taken* taken) {
     return;
   }
   if (taken->kind == Taken::Kind::kDelta && !taken->broken.ok()) {
-    taken->outcome = absl::AbortedError(
-        absl::StrCat("checkpoint of session ", taken->id,
-                     " not written: an earlier one failed (", taken->broken.message(), ")"));
+    taken->outcome = absl::AbortedError(absl::StrCat("checkpoint of session ", taken->id,
+                                                     " not written: an earlier one failed (",
+                                                     taken->broken.message(), ")"));
     return;
   }
   if (cp.rows != nullptr) {

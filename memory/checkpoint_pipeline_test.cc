@@ -46,9 +46,7 @@ class InstrumentedStore : public SessionStore {
     return store_->Load(id, fingerprint);
   }
   absl::StatusOr<bool> Exists(std::string_view id) const override { return store_->Exists(id); }
-  absl::StatusOr<SessionInfo> Info(std::string_view id) const override {
-    return store_->Info(id);
-  }
+  absl::StatusOr<SessionInfo> Info(std::string_view id) const override { return store_->Info(id); }
   absl::StatusOr<ListPage> List(const ListOptions& options) const override {
     return store_->List(options);
   }

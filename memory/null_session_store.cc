@@ -26,12 +26,14 @@ absl::StatusOr<CheckpointResult> NullSessionStore::Append(std::string_view id,
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("append to session ", std::string(id), ": no such session"));
+    return absl::NotFoundError(
+        absl::StrCat("append to session ", std::string(id), ": no such session"));
   }
   SessionInfo& info = it->second;
   if (info.version != base_version) {
-    return absl::AbortedError(absl::StrCat("append to session ", std::string(id), ": made against version ",
-                                           base_version, ", the session is at ", info.version));
+    return absl::AbortedError(absl::StrCat("append to session ", std::string(id),
+                                           ": made against version ", base_version,
+                                           ", the session is at ", info.version));
   }
   info.version = base_version + 1;
   info.tokens_seen = delta.tokens_seen;
@@ -39,18 +41,17 @@ absl::StatusOr<CheckpointResult> NullSessionStore::Append(std::string_view id,
   info.turns = delta.turns;
   info.history_length = delta.history_length;
   info.updated_at = delta.updated_at;
-  info.cells += static_cast<int64_t>(delta.added.size()) -
-                static_cast<int64_t>(delta.evicted.size());
+  info.cells +=
+      static_cast<int64_t>(delta.added.size()) - static_cast<int64_t>(delta.evicted.size());
   ++info.deltas;
   CheckpointResult result;
   result.version = info.version;
   return result;
 }
 
-absl::StatusOr<LoadedSession> NullSessionStore::Load(std::string_view id,
-                                                     std::string_view) const {
-  return absl::NotFoundError(
-      absl::StrCat("no session ", std::string(id), " to load: the store is `none` (nothing is kept)"));
+absl::StatusOr<LoadedSession> NullSessionStore::Load(std::string_view id, std::string_view) const {
+  return absl::NotFoundError(absl::StrCat("no session ", std::string(id),
+                                          " to load: the store is `none` (nothing is kept)"));
 }
 
 absl::StatusOr<bool> NullSessionStore::Exists(std::string_view id) const {
@@ -61,7 +62,8 @@ absl::StatusOr<bool> NullSessionStore::Exists(std::string_view id) const {
 absl::StatusOr<SessionInfo> NullSessionStore::Info(std::string_view id) const {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", std::string(id)));
+  if (it == sessions_.end())
+    return absl::NotFoundError(absl::StrCat("no session ", std::string(id)));
   return it->second;
 }
 
@@ -82,7 +84,8 @@ absl::StatusOr<ListPage> NullSessionStore::List(const ListOptions& options) cons
 absl::Status NullSessionStore::Delete(std::string_view id) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", std::string(id)));
+  if (it == sessions_.end())
+    return absl::NotFoundError(absl::StrCat("no session ", std::string(id)));
   sessions_.erase(it);
   return absl::OkStatus();
 }

@@ -67,9 +67,9 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     const std::string name = arg.substr(2, eq - 2);
     const std::string value = arg.substr(eq + 1);
     const int n = std::atoi(value.c_str());
-    int* ints[] = {&f->sessions, &f->turns,   &f->layers,    &f->kv_dim, &f->dtype_bytes,
+    int* ints[] = {&f->sessions,    &f->turns,  &f->layers,  &f->kv_dim,    &f->dtype_bytes,
                    &f->turn_tokens, &f->window, &f->threads, &f->buffer_mb, &f->raw_mb};
-    const char* names[] = {"sessions", "turns",  "layers",  "kv_dim",    "dtype_bytes",
+    const char* names[] = {"sessions",    "turns",  "layers",  "kv_dim",    "dtype_bytes",
                            "turn_tokens", "window", "threads", "buffer_mb", "raw_mb"};
     bool found = false;
     for (size_t k = 0; k < std::size(names); ++k) {
@@ -185,7 +185,8 @@ int Run(const Flags& f) {
       const absl::Time t0 = absl::Now();
       pipeline.Submit(std::move(cp), [&, bytes](const absl::StatusOr<CheckpointOutcome>& o) {
         if (!o.ok()) {
-          if (errors++ == 0) std::fprintf(stderr, "checkpoint failed: %s\n", o.status().ToString().c_str());
+          if (errors++ == 0)
+            std::fprintf(stderr, "checkpoint failed: %s\n", o.status().ToString().c_str());
           return;
         }
         bytes_done += bytes;
@@ -250,16 +251,18 @@ int Run(const Flags& f) {
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   const double mbps = total_bytes / 1e6 / seconds;
   std::printf("raw sequential write (O_DIRECT + fdatasync): %.0f MB/s\n", raw);
-  std::printf("store sustained: %.0f MB/s (%.1f%% of raw), %.0f MB in %.2f s, %d writer threads, "
-              "sync %d\n",
-              mbps, raw > 0 ? 100 * mbps / raw : 0.0, total_bytes / 1e6, seconds, f.threads,
-              f.sync ? 1 : 0);
+  std::printf(
+      "store sustained: %.0f MB/s (%.1f%% of raw), %.0f MB in %.2f s, %d writer threads, "
+      "sync %d\n",
+      mbps, raw > 0 ? 100 * mbps / raw : 0.0, total_bytes / 1e6, seconds, f.threads,
+      f.sync ? 1 : 0);
   std::printf("turn end -> durable: p50 %.1f ms, p99 %.1f ms\n", Percentile(durable_ms, 0.5),
               Percentile(durable_ms, 0.99));
-  std::printf("decoder's cost per turn end (Submit): p50 %.1f us, p99 %.1f us, max %.1f us; "
-              "admission waits %lld\n",
-              Percentile(submit_us, 0.5), Percentile(submit_us, 0.99),
-              Percentile(submit_us, 1.0), static_cast<long long>(admission_waits.load()));
+  std::printf(
+      "decoder's cost per turn end (Submit): p50 %.1f us, p99 %.1f us, max %.1f us; "
+      "admission waits %lld\n",
+      Percentile(submit_us, 0.5), Percentile(submit_us, 0.99), Percentile(submit_us, 1.0),
+      static_cast<long long>(admission_waits.load()));
   store->reset();  // closed (background flushes done) before its files go
   fs::remove_all(f.dir, ec);
   return errors.load() == 0 ? 0 : 1;

@@ -417,6 +417,10 @@ absl::Status OpenDatabase(const std::string& dir,
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   // Flushes of large memtables run beside compactions and WAL syncs.
   db_options.max_background_jobs = 4;
+  // Large checkpoints skip the WAL and are made durable by a flush
+  // (wal_max_kv_bytes): a header (meta) must then never reach the disk
+  // without the record (kv) it points at, so both flush together.
+  db_options.atomic_flush = true;
   // When writers must slow down, do it at disk speed, not at RocksDB's
   // default 16 MB/s (which stalled a 64-session GPU server for seconds).
   db_options.delayed_write_rate = uint64_t{256} << 20;

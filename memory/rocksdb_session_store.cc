@@ -188,10 +188,57 @@ rocksdb::Status RocksDbSessionStore::ResumeIfStopped() const {
   return s;
 }
 
+absl::Status RocksDbSessionStore::FlushWalLess() {
+  const uint64_t covered = walless_writes_.load();
+  rocksdb::FlushOptions fo;
+  fo.wait = true;
+  // atomic_flush: every column family's memtables at once, so a header
+  // (meta) is never durable without the record (kv) it points at.
+  SINKSERVE_RETURN_IF_ERROR(FromRocks(db_->Flush(fo, handles_), "flush of WAL-less checkpoints"));
+  uint64_t seen = walless_flushed_.load();
+  while (seen < covered && !walless_flushed_.compare_exchange_weak(seen, covered)) {
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RocksDbSessionStore::WriteFor(std::string_view id, uint64_t kv_bytes,
+                                           rocksdb::WriteBatch* batch, bool sync,
+                                           uint64_t* bytes) {
+  const bool wal = kv_bytes <= options_.wal_max_kv_bytes;
+  if (!id.empty()) {
+    // A WAL-logged write must not outlive (in the WAL, after a crash) a
+    // WAL-less one of the same session that it builds on: flush that first.
+    // Rare: the checkpoint pipeline syncs between a session's checkpoints;
+    // background folds are what meet this.
+    bool flush = false;
+    {
+      absl::MutexLock lock(&walless_mu_);
+      auto it = walless_pending_.find(id);
+      if (it != walless_pending_.end()) {
+        if (it->second <= walless_flushed_.load()) {
+          walless_pending_.erase(it);
+        } else {
+          flush = wal;
+        }
+      }
+    }
+    if (flush) SINKSERVE_RETURN_IF_ERROR(FlushWalLess());
+  }
+  if (wal) return Write(batch, sync, bytes);
+  SINKSERVE_RETURN_IF_ERROR(Write(batch, /*sync=*/false, bytes, /*wal=*/false));
+  const uint64_t n = walless_writes_.fetch_add(1) + 1;
+  if (!id.empty()) {
+    absl::MutexLock lock(&walless_mu_);
+    walless_pending_[std::string(id)] = n;
+  }
+  return sync ? FlushWalLess() : absl::OkStatus();
+}
+
 absl::Status RocksDbSessionStore::Write(rocksdb::WriteBatch* batch, bool sync,
-                                        uint64_t* bytes) const {
+                                        uint64_t* bytes, bool wal) const {
   rocksdb::WriteOptions wo;
-  wo.sync = sync;
+  wo.sync = sync && wal;
+  wo.disableWAL = !wal;
   *bytes = batch->GetDataSize();
   if (rocksdb::Status resumed = ResumeIfStopped(); !resumed.ok()) {
     return FromRocks(resumed, absl::StrCat("write refused: the database "
@@ -252,7 +299,7 @@ absl::StatusOr<CheckpointResult> RocksDbSessionStore::Put(
       "batching"));
   CheckpointResult result;
   SINKSERVE_RETURN_IF_ERROR(
-      Write(&batch, options_.sync, &result.bytes_written));
+      WriteFor(id, state.kv.size(), &batch, options_.sync, &result.bytes_written));
   result.version = seq;
   result.full = true;
   result.latency = absl::Now() - start;
@@ -315,7 +362,7 @@ absl::StatusOr<CheckpointResult> RocksDbSessionStore::Append(
                                                       header->base_seq, seq))),
         "batching"));
     SINKSERVE_RETURN_IF_ERROR(
-        Write(&batch, options_.sync, &result.bytes_written));
+        WriteFor(id, delta.kv.size(), &batch, options_.sync, &result.bytes_written));
     result.version = seq;
     fold = options_.compact_after_deltas > 0 &&
            seq - header->base_seq >=
@@ -503,7 +550,7 @@ absl::Status RocksDbSessionStore::Compact(std::string_view id) {
   // No fsync needed: the fold changes no state, and the WAL keeps batches in
   // order, so a later synced checkpoint makes it durable too.
   uint64_t bytes = 0;
-  SINKSERVE_RETURN_IF_ERROR(Write(&batch, /*sync=*/false, &bytes));
+  SINKSERVE_RETURN_IF_ERROR(WriteFor(id, chain.state.kv.size(), &batch, /*sync=*/false, &bytes));
   counters_.compactions.fetch_add(1, std::memory_order_relaxed);
   counters_.compaction_bytes_written.fetch_add(bytes,
                                                std::memory_order_relaxed);
@@ -560,6 +607,8 @@ void RocksDbSessionStore::WaitForCompactions() {
 
 absl::Status RocksDbSessionStore::Sync() {
   SINKSERVE_RETURN_IF_ERROR(CheckWritable());
+  // A flush makes the WAL-logged writes before it durable too.
+  if (walless_writes_.load() > walless_flushed_.load()) return FlushWalLess();
   return FromRocks(db_->SyncWAL(), "sync of the write-ahead log");
 }
 

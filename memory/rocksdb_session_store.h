@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -77,6 +78,15 @@ struct RocksDbSessionStoreOptions {
   // K/V rows are stored in values of at most this many bytes, which bounds
   // the memory of one read. Default: 4 MiB.
   uint64_t kv_chunk_bytes = uint64_t{4} << 20;
+  // A checkpoint carrying more K/V bytes than this skips the write-ahead log:
+  // it is made durable by flushing the memtables (their values go straight
+  // into blob files), so its rows reach the disk once instead of twice (WAL,
+  // then blob file). Smaller ones go through the WAL, whose sync is cheaper
+  // than a flush. A WAL-logged write to a session never becomes durable
+  // before that session's earlier WAL-less ones (the store flushes first),
+  // so a crash leaves every session at a checkpoint, as ever.
+  // UINT64_MAX: always the WAL. Default: 1 MiB.
+  uint64_t wal_max_kv_bytes = uint64_t{1} << 20;
 };
 
 // Counters since Open.
@@ -165,8 +175,16 @@ class RocksDbSessionStore final : public SessionStore {
   absl::Status CheckWritable() const;
   // Writes `batch`; `bytes` gets its size. Resumes a stopped database first,
   // and once more (writing the batch again) when this write stopped it.
-  absl::Status Write(rocksdb::WriteBatch* batch, bool sync,
-                     uint64_t* bytes) const;
+  // Writes `batch` for session `id` ("" for none), through the WAL or not
+  // (`kv_bytes` against wal_max_kv_bytes), in the order the flush rules
+  // above need.
+  absl::Status WriteFor(std::string_view id, uint64_t kv_bytes, rocksdb::WriteBatch* batch,
+                        bool sync, uint64_t* bytes);
+  // Flushes every memtable (all column families at once) and records what
+  // WAL-less writes it made durable.
+  absl::Status FlushWalLess();
+  absl::Status Write(rocksdb::WriteBatch* batch, bool sync, uint64_t* bytes,
+                     bool wal = true) const;
   // True when a write-stopping error happened since the last DB::Resume that
   // succeeded.
   bool Stopped() const;
@@ -189,6 +207,13 @@ class RocksDbSessionStore final : public SessionStore {
   // errors_->stopping_errors() as seen before the last DB::Resume that
   // succeeded: the errors already recovered from.
   mutable std::atomic<uint64_t> resumed_errors_{0};
+  // WAL-less writes: a counter bumped after each one, the highest value a
+  // finished flush covers, and per session the value of its newest WAL-less
+  // write not yet known flushed.
+  std::atomic<uint64_t> walless_writes_{0};
+  std::atomic<uint64_t> walless_flushed_{0};
+  absl::Mutex walless_mu_;
+  std::map<std::string, uint64_t, std::less<>> walless_pending_ ABSL_GUARDED_BY(walless_mu_);
 
   // Writers of one session serialize on its stripe.
   mutable std::array<absl::Mutex, 64> stripes_;

@@ -56,6 +56,7 @@ struct Flags {
   int buffer_mb = 1024;
   bool sync = true;
   int raw_mb = 1024;
+  int wal_max_kb = 1024;  // -1: every checkpoint through the WAL
   std::string dir = "/tmp/checkpoint_bench";
 };
 
@@ -68,9 +69,9 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     const std::string value = arg.substr(eq + 1);
     const int n = std::atoi(value.c_str());
     int* ints[] = {&f->sessions,    &f->turns,  &f->layers,  &f->kv_dim,    &f->dtype_bytes,
-                   &f->turn_tokens, &f->window, &f->threads, &f->buffer_mb, &f->raw_mb};
+                   &f->turn_tokens, &f->window, &f->threads, &f->buffer_mb, &f->raw_mb, &f->wal_max_kb};
     const char* names[] = {"sessions",    "turns",  "layers",  "kv_dim",    "dtype_bytes",
-                           "turn_tokens", "window", "threads", "buffer_mb", "raw_mb"};
+                           "turn_tokens", "window", "threads", "buffer_mb", "raw_mb", "wal_max_kb"};
     bool found = false;
     for (size_t k = 0; k < std::size(names); ++k) {
       if (name == names[k]) {
@@ -141,6 +142,8 @@ int Run(const Flags& f) {
 
   RocksDbSessionStoreOptions store_options;
   store_options.sync = false;  // the pipeline syncs once per group
+  store_options.wal_max_kv_bytes =
+      f.wal_max_kb < 0 ? UINT64_MAX : uint64_t(f.wal_max_kb) << 10;
   auto store = RocksDbSessionStore::Open(f.dir + "/db", store_options);
   if (!store.ok()) {
     std::fprintf(stderr, "checkpoint_bench: %s\n", store.status().ToString().c_str());

@@ -66,19 +66,18 @@ class Nginx:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
         self.address = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(self.address)
-        self.stub = pb_grpc.SinkServeStub(self.channel)
-        deadline = time.time() + 10
-        while True:
+        # Wait for the port with plain sockets: a gRPC channel that saw a
+        # refused connection backs off for seconds before trying again.
+        deadline = time.time() + 30
+        while not _accepts(self.port):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited: {self.proc.stderr.read()}")
-            try:
-                health(self.channel, timeout=1)
-                return
-            except grpc.RpcError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
+            if time.time() > deadline:
+                raise RuntimeError(f"nginx not listening on {self.address} after 30 s")
+            time.sleep(0.05)
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.SinkServeStub(self.channel)
+        health(self.channel, timeout=10)
 
     def stop(self):
         self.channel.close()
@@ -204,6 +203,12 @@ class ReplicasScriptTest(unittest.TestCase):
             self.assertFalse(_alive(pid), name)
         self.assertEqual(os.listdir(os.path.join(run_dir, "pids")), [])
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _accepts(port):
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _is_free(port):

@@ -32,7 +32,10 @@ POLICY = "streaming(4,60)"
 def main_conf(run_dir):
     """A main nginx.conf for an unprivileged nginx that includes the shipped
     file; its relative includes then resolve in `run_dir`."""
-    return f"""daemon off;
+    # As root nginx chowns its temp dirs to `nobody`, which a user namespace
+    # (Bazel's sandbox) may not map: keep the workers as the caller.
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    return user + f"""daemon off;
 worker_processes 1;
 pid {run_dir}/nginx.pid;
 error_log {run_dir}/error.log;

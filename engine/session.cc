@@ -173,6 +173,7 @@ memory::SessionState MetadataOf(const Session& s, const Sampler& sampler) {
   st.rounds = s.rounds();
   st.turns = s.turns();
   st.history_length = s.history_length();
+  st.last_turn = s.last_turn();
   st.sampler_config = EncodeConfig(s.config());
   st.rng_state = sampler.SaveState();
   st.created_at = s.created_at();
@@ -286,6 +287,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Restore(Backend* backend,
   session->rounds_ = state.rounds;
   session->turns_ = state.turns;
   session->history_length_ = state.history_length;
+  session->last_turn_ = state.last_turn;  // a copy: checkpointed_ keeps it too
   session->created_at_ = state.created_at;
   session->updated_at_ = state.updated_at;
   session->dirty_ = false;
@@ -329,6 +331,11 @@ void Session::FinishRound() {
 void Session::Touch() {
   updated_at_ = std::max(updated_at_, absl::Now());
   dirty_ = true;
+}
+
+void Session::set_last_turn(memory::CompletedTurn turn) {
+  last_turn_ = std::move(turn);
+  Touch();
 }
 
 void Session::set_history_length(int64_t n) {

@@ -82,6 +82,12 @@ class Session {
   // session dirty.
   int64_t history_length() const { return history_length_; }
   void set_history_length(int64_t n);
+  // The outcome of the last completed turn, kept (and checkpointed) so that
+  // a client retrying that turn by its id gets it again rather than a second
+  // run; empty turn id when the last turn had none. Setting it marks the
+  // session dirty.
+  const memory::CompletedTurn& last_turn() const { return last_turn_; }
+  void set_last_turn(memory::CompletedTurn turn);
   absl::Time created_at() const { return created_at_; }
   absl::Time updated_at() const { return updated_at_; }
   // Changed since the last checkpoint (or never checkpointed).
@@ -137,6 +143,7 @@ class Session {
   int64_t rounds_ = 0;
   int64_t turns_ = 0;
   int64_t history_length_ = 0;
+  memory::CompletedTurn last_turn_;
   absl::Time created_at_;
   absl::Time updated_at_;
   bool dirty_ = true;

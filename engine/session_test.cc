@@ -378,6 +378,40 @@ TEST_F(SessionTest, PendingTokenAndConfigSurviveRestore) {
   EXPECT_FALSE(r.dirty());
 }
 
+// The last completed turn rides along with checkpoints (full and delta) and
+// comes back from the store, so a retried turn id replays after a restart.
+TEST_F(SessionTest, LastTurnSurvivesCheckpointsAndRestore) {
+  SessionConfig config = Config(PolicyConfig{PolicyKind::kStreaming, 4, 60}, false);
+  auto session = Session::Create("lt", backend_.get(), fingerprint_, config);
+  ASSERT_TRUE(session.ok());
+  auto store = memory::RocksDbSessionStore::Open(dir_, {});
+  ASSERT_TRUE(store.ok());
+  std::vector<int32_t> out;
+  ASSERT_TRUE(RunTurn(**session, 0, &out).ok());
+  memory::CompletedTurn first;
+  first.turn_id = "t1";
+  first.token_ids = out;
+  first.text = "one";
+  first.stop_reason = 3;
+  (*session)->set_last_turn(first);
+  EXPECT_TRUE((*session)->dirty());
+  ASSERT_TRUE((*session)->Checkpoint(store->get()).ok());  // full
+  ASSERT_TRUE(RunTurn(**session, 1, &out).ok());
+  memory::CompletedTurn second = first;
+  second.turn_id = "t2";
+  second.text = "two";
+  (*session)->set_last_turn(second);
+  ASSERT_TRUE((*session)->Checkpoint(store->get()).ok());  // a delta
+  auto loaded = (*store)->Load("lt", fingerprint_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(loaded->state.last_turn == second);
+  auto restored =
+      Session::Restore(backend_.get(), fingerprint_, std::move(loaded->state), loaded->version);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_TRUE((*restored)->last_turn() == second);
+  EXPECT_FALSE((*restored)->dirty());
+}
+
 TEST_F(SessionTest, InconsistentStatesAreDataLoss) {
   auto session = Session::Create("bad", backend_.get(), fingerprint_,
                                  Config(PolicyConfig{PolicyKind::kWindow, 4, 40}, true));

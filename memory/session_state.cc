@@ -65,6 +65,26 @@ absl::Status ValidatePending(std::string_view id,
   return absl::OkStatus();
 }
 
+absl::Status ValidateLastTurn(std::string_view id, const CompletedTurn& t) {
+  if (t.turn_id.size() > kMaxCompletedTurnBytes ||
+      t.text.size() > kMaxCompletedTurnBytes ||
+      t.token_ids.size() > kMaxCompletedTurnBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session ", Sv(id), ": last turn over ", kMaxCompletedTurnBytes,
+        " bytes or tokens"));
+  }
+  if (!t.logprobs.empty() && t.logprobs.size() != t.token_ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session ", Sv(id), ": last turn has ", t.logprobs.size(),
+        " log-probabilities for ", t.token_ids.size(), " tokens"));
+  }
+  if (t.turn_id.empty() && (!t.text.empty() || !t.token_ids.empty())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session ", Sv(id), ": last turn has output but no turn id"));
+  }
+  return absl::OkStatus();
+}
+
 // Cells must form a state KvCache::Restore accepts.
 absl::Status ValidateCells(const SessionState& s) {
   const std::vector<Cell>& cells = s.cache.cells;
@@ -191,6 +211,7 @@ absl::Status SessionState::ValidateMetadata() const {
                      " not in [1, ", kMaxCapacity, "]"));
   }
   SINKSERVE_RETURN_IF_ERROR(ValidatePending(id, pending));
+  SINKSERVE_RETURN_IF_ERROR(ValidateLastTurn(id, last_turn));
   return ValidateCells(*this);
 }
 
@@ -206,8 +227,21 @@ bool operator==(const SessionState& a, const SessionState& b) {
          a.kv_shape == b.kv_shape && a.kv == b.kv &&
          SamePending(a.pending, b.pending) && a.rounds == b.rounds &&
          a.turns == b.turns && a.history_length == b.history_length &&
+         a.last_turn == b.last_turn &&
          a.sampler_config == b.sampler_config && a.rng_state == b.rng_state &&
          a.created_at == b.created_at && a.updated_at == b.updated_at;
+}
+
+bool operator==(const CompletedTurn& a, const CompletedTurn& b) {
+  return a.turn_id == b.turn_id && a.text == b.text &&
+         a.token_ids == b.token_ids &&
+         std::equal(a.logprobs.begin(), a.logprobs.end(), b.logprobs.begin(),
+                    b.logprobs.end(),
+                    [](float x, float y) { return Bits(x) == Bits(y); }) &&
+         a.stop_reason == b.stop_reason &&
+         a.prompt_tokens == b.prompt_tokens &&
+         a.generated_tokens == b.generated_tokens &&
+         a.cells_kept == b.cells_kept && a.cells_evicted == b.cells_evicted;
 }
 
 std::vector<int32_t> SessionDelta::KvSlots() const {
@@ -227,7 +261,8 @@ bool operator==(const SessionDelta& a, const SessionDelta& b) {
          a.updated_at == b.updated_at && a.sampler_config == b.sampler_config &&
          a.rng_state == b.rng_state &&
          a.pending.has_value() == b.pending.has_value() &&
-         (!a.pending || SamePending(*a.pending, *b.pending));
+         (!a.pending || SamePending(*a.pending, *b.pending)) &&
+         a.last_turn == b.last_turn;
 }
 
 absl::StatusOr<SessionDelta> DiffMetadata(const SessionState& prev,
@@ -271,6 +306,7 @@ absl::StatusOr<SessionDelta> DiffMetadata(const SessionState& prev,
   }
   if (next.rng_state != prev.rng_state) delta.rng_state = next.rng_state;
   if (!SamePending(next.pending, prev.pending)) delta.pending = next.pending;
+  if (next.last_turn != prev.last_turn) delta.last_turn = next.last_turn;
   return delta;
 }
 
@@ -460,6 +496,9 @@ absl::Status StateReplayer::Apply(const SessionDelta& delta, std::string kv) {
   if (delta.pending) {
     SINKSERVE_RETURN_IF_ERROR(ValidatePending(state_.id, *delta.pending));
   }
+  if (delta.last_turn) {
+    SINKSERVE_RETURN_IF_ERROR(ValidateLastTurn(state_.id, *delta.last_turn));
+  }
 
   state_.cache = std::move(next.cache);
   sources_ = std::move(sources);
@@ -470,6 +509,7 @@ absl::Status StateReplayer::Apply(const SessionDelta& delta, std::string kv) {
   if (delta.sampler_config) state_.sampler_config = *delta.sampler_config;
   if (delta.rng_state) state_.rng_state = *delta.rng_state;
   if (delta.pending) state_.pending = *delta.pending;
+  if (delta.last_turn) state_.last_turn = *delta.last_turn;
   buffers_.push_back(with_kv_ ? std::move(kv) : std::string());
   buffer_rows_.push_back(kv_rows);
   return absl::OkStatus();

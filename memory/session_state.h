@@ -82,6 +82,39 @@ struct PendingToken {
 // Most pending tokens a state may hold; a live session has 0 or 1.
 inline constexpr size_t kMaxPendingTokens = 1 << 16;
 
+// The outcome of a session's last completed turn, kept with the session so
+// that a client retrying that turn (same client-chosen turn id, after a
+// broken stream, a restart or a move to another replica) gets this result
+// again instead of a second run that would feed its message twice. The
+// service fills it; memory/ only stores it (format version 3).
+struct CompletedTurn {
+  // The client's turn id; empty = the last turn had none (nothing to
+  // replay, the other fields are empty). Default: "".
+  std::string turn_id;
+  // The reply as streamed: text, token ids and, when the turn asked for
+  // them, one log-probability per token (else none). Default: empty.
+  std::string text;
+  std::vector<int32_t> token_ids;
+  std::vector<float> logprobs;
+  // The service's stop reason (sinkserve.v1.StopReason), opaque here.
+  // Default: 0.
+  int32_t stop_reason = 0;
+  // Usage as reported when the turn ended. Default: 0.
+  int64_t prompt_tokens = 0;
+  int64_t generated_tokens = 0;
+  int64_t cells_kept = 0;
+  int64_t cells_evicted = 0;
+
+  bool empty() const { return turn_id.empty(); }
+  // Bit-exact (log-probabilities compare by their bits).
+  friend bool operator==(const CompletedTurn& a, const CompletedTurn& b);
+  friend bool operator!=(const CompletedTurn& a, const CompletedTurn& b) {
+    return !(a == b);
+  }
+};
+// Most bytes of a completed turn's text and most token ids it may hold.
+inline constexpr size_t kMaxCompletedTurnBytes = size_t{1} << 24;
+
 struct SessionState {
   SessionState() = default;
   SessionState(SessionState&&) = default;
@@ -118,6 +151,9 @@ struct SessionState {
   // with the session (in its own units, e.g. messages). Default: 0.
   int64_t turns = 0;
   int64_t history_length = 0;
+  // The last completed turn, for exactly-once retries (format version 3;
+  // older states have none). Default: none (empty turn id).
+  CompletedTurn last_turn;
   // The sampler's settings, serialized by its owner, and the state of its
   // random generator; both opaque here. Default: "".
   std::string sampler_config;
@@ -130,7 +166,9 @@ struct SessionState {
   // the policy, the shape, cells that KvCache::Restore would reject (arrivals
   // not strictly increasing or >= tokens_seen, slots repeated or outside
   // [0, capacity), NaN scores), bad pending tokens (negative id, NaN score,
-  // more than kMaxPendingTokens), or kv of the wrong size.
+  // more than kMaxPendingTokens), a last turn with logprobs that do not
+  // match its token ids or over kMaxCompletedTurnBytes, or kv of the wrong
+  // size.
   absl::Status Validate() const;
   // Validate without the kv size check, for states read without their rows.
   absl::Status ValidateMetadata() const;
@@ -182,6 +220,8 @@ struct SessionDelta {
   std::optional<std::string> rng_state;
   // The new pending tokens, set when they changed (unset: keep them).
   std::optional<std::vector<PendingToken>> pending;
+  // The new last completed turn, set when it changed (unset: keep it).
+  std::optional<CompletedTurn> last_turn;
 
   // Slots of `rewritten` then `added`: the rows `kv` must hold.
   std::vector<int32_t> KvSlots() const;

@@ -107,6 +107,17 @@ SessionState RandomState(std::mt19937_64& rng, const std::string& id,
     s.pending.push_back({static_cast<int32_t>(rng() % 50000),
                          static_cast<float>(rng() % 1000) / 7.0f});
   }
+  if (rng() % 2 == 0) {
+    s.last_turn.turn_id = absl::StrCat("t", rng() % 1000);
+    s.last_turn.text = RandomBytes(rng, rng() % 40);
+    for (int i = static_cast<int>(rng() % 5); i > 0; --i) {
+      s.last_turn.token_ids.push_back(static_cast<int32_t>(rng() % 50000));
+      s.last_turn.logprobs.push_back(-static_cast<float>(rng() % 1000) / 7.0f);
+    }
+    s.last_turn.stop_reason = static_cast<int32_t>(rng() % 6);
+    s.last_turn.generated_tokens =
+        static_cast<int64_t>(s.last_turn.token_ids.size());
+  }
   return s;
 }
 
@@ -208,6 +219,7 @@ std::string Difference(const SessionState& a, const SessionState& b) {
         field("sampler_config", a.sampler_config, b.sampler_config),
         field("rng_state", a.rng_state, b.rng_state),
         field("pending tokens", a.pending.size(), b.pending.size()),
+        field("last turn", a.last_turn.turn_id, b.last_turn.turn_id),
         field("created_at", absl::FormatTime(a.created_at),
               absl::FormatTime(b.created_at)),
         field("updated_at", absl::FormatTime(a.updated_at),

@@ -18,7 +18,8 @@ constexpr size_t kCellBytes = 20;
 // Bit flags of a delta: which optional fields follow.
 constexpr uint8_t kHasSampler = 1;
 constexpr uint8_t kHasRng = 2;
-constexpr uint8_t kHasPending = 4;  // version 2
+constexpr uint8_t kHasPending = 4;    // version 2
+constexpr uint8_t kHasLastTurn = 8;   // version 3
 // Bytes of one encoded pending token: token i32, score f32 bits.
 constexpr size_t kPendingBytes = 8;
 
@@ -76,6 +77,20 @@ void PutPending(std::string* out, const std::vector<PendingToken>& pending) {
     PutI32(out, p.token);
     PutF32(out, p.score);
   }
+}
+
+void PutLastTurn(std::string* out, const CompletedTurn& t) {
+  PutBytes(out, t.turn_id);
+  PutBytes(out, t.text);
+  PutU32(out, static_cast<uint32_t>(t.token_ids.size()));
+  for (int32_t id : t.token_ids) PutI32(out, id);
+  PutU32(out, static_cast<uint32_t>(t.logprobs.size()));
+  for (float f : t.logprobs) PutF32(out, f);
+  PutI32(out, t.stop_reason);
+  PutI64(out, t.prompt_tokens);
+  PutI64(out, t.generated_tokens);
+  PutI64(out, t.cells_kept);
+  PutI64(out, t.cells_evicted);
 }
 
 void PutShape(std::string* out, const KvShape& s) {
@@ -166,6 +181,29 @@ class Reader {
       p.score = F32(field);
     }
     return v;
+  }
+  CompletedTurn LastTurn() {
+    CompletedTurn t;
+    t.turn_id = Bytes("last turn id");
+    t.text = Bytes("last turn text");
+    uint32_t n = U32("last turn token ids");
+    if (Take(size_t{n} * 4, "last turn token ids") != nullptr) {
+      pos_ -= size_t{n} * 4;
+      t.token_ids.resize(n);
+      for (int32_t& id : t.token_ids) id = I32("last turn token ids");
+    }
+    n = U32("last turn logprobs");
+    if (Take(size_t{n} * 4, "last turn logprobs") != nullptr) {
+      pos_ -= size_t{n} * 4;
+      t.logprobs.resize(n);
+      for (float& f : t.logprobs) f = F32("last turn logprobs");
+    }
+    t.stop_reason = I32("last turn stop reason");
+    t.prompt_tokens = I64("last turn prompt tokens");
+    t.generated_tokens = I64("last turn generated tokens");
+    t.cells_kept = I64("last turn cells kept");
+    t.cells_evicted = I64("last turn cells evicted");
+    return t;
   }
   std::vector<int64_t> Arrivals(const char* field) {
     const uint32_t n = U32(field);
@@ -367,6 +405,7 @@ std::string EncodeFullState(const SessionState& s, uint64_t seq,
   PutBytes(&p, s.sampler_config);
   PutBytes(&p, s.rng_state);
   PutPending(&p, s.pending);
+  PutLastTurn(&p, s.last_turn);
   PutCells(&p, s.cache.cells);
   PutU64(&p, s.kv.size());
   PutU32(&p, kv_chunks);
@@ -395,6 +434,7 @@ absl::StatusOr<FullStateRecord> DecodeFullState(std::string_view value) {
   s.sampler_config = r.Bytes("sampler config");
   s.rng_state = r.Bytes("rng state");
   if (frame.version >= 2) s.pending = r.Pending("pending tokens");
+  if (frame.version >= 3) s.last_turn = r.LastTurn();
   s.cache.cells = r.Cells("cells");
   rec.info.kv_bytes = r.U64("kv bytes");
   rec.info.kv_chunks = r.U32("kv chunks");
@@ -419,11 +459,13 @@ std::string EncodeDelta(std::string_view id, uint64_t seq,
   PutTime(&p, d.updated_at);
   const uint8_t flags = (d.sampler_config ? kHasSampler : 0) |
                         (d.rng_state ? kHasRng : 0) |
-                        (d.pending ? kHasPending : 0);
+                        (d.pending ? kHasPending : 0) |
+                        (d.last_turn ? kHasLastTurn : 0);
   PutU8(&p, flags);
   if (d.sampler_config) PutBytes(&p, *d.sampler_config);
   if (d.rng_state) PutBytes(&p, *d.rng_state);
   if (d.pending) PutPending(&p, *d.pending);
+  if (d.last_turn) PutLastTurn(&p, *d.last_turn);
   PutU32(&p, static_cast<uint32_t>(d.evicted.size()));
   for (int64_t a : d.evicted) PutI64(&p, a);
   PutCells(&p, d.updated);
@@ -451,11 +493,14 @@ absl::StatusOr<DeltaRecord> DecodeDelta(std::string_view value) {
   const uint8_t flags = r.U8("flags");
   if (flags & kHasSampler) d.sampler_config = r.Bytes("sampler config");
   if (flags & kHasRng) d.rng_state = r.Bytes("rng state");
-  // Version 1 had no pending bit: there it is an unknown flag (below).
-  const uint8_t known =
-      kHasSampler | kHasRng | (frame.version >= 2 ? kHasPending : 0);
+  // Version 1 had no pending bit, versions 1 and 2 no last-turn bit: there
+  // they are unknown flags (below).
+  const uint8_t known = kHasSampler | kHasRng |
+                        (frame.version >= 2 ? kHasPending : 0) |
+                        (frame.version >= 3 ? kHasLastTurn : 0);
   if ((flags & known & kHasPending) != 0)
     d.pending = r.Pending("pending tokens");
+  if ((flags & known & kHasLastTurn) != 0) d.last_turn = r.LastTurn();
   d.evicted = r.Arrivals("evicted");
   d.updated = r.Cells("updated");
   d.rewritten = r.Cells("rewritten");

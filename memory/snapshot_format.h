@@ -25,7 +25,9 @@ namespace sinkserve::memory::snapshot {
 // and read every older one. Writers always write kFormatVersion.
 //   1: first version.
 //   2: pending tokens in full-state and delta records.
-inline constexpr uint8_t kFormatVersion = 2;
+//   3: the last completed turn (exactly-once retries) in full-state and
+//      delta records.
+inline constexpr uint8_t kFormatVersion = 3;
 inline constexpr size_t kFrameHeaderBytes = 16;
 
 enum class RecordType : uint8_t {

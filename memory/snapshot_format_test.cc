@@ -170,17 +170,33 @@ TEST(SnapshotFormatTest, PendingTokensRoundTrip) {
   EXPECT_TRUE(std::signbit(rec->state.pending[1].score));
 }
 
+// Bytes of an empty last turn (version 3): turn id, text, token id count,
+// logprob count (u32 each), stop reason i32, four i64 usage counters.
+constexpr size_t kEmptyLastTurnBytes = 4 * 4 + 4 + 4 * 8;
+
+// The payload of `s` as version 3 writes it, with its empty last turn and
+// (for version 1) its empty pending-token count cut out: both sit just before
+// the cells (u32 count, 20 bytes each) and the K/V size fields.
+std::string OlderFullStatePayload(const SessionState& s, int version) {
+  std::string payload = EncodeFullState(s, 5, 2).substr(kFrameHeaderBytes);
+  size_t at = payload.size() - (8 + 4) - s.cache.cells.size() * 20 - 4;
+  at -= kEmptyLastTurnBytes;
+  EXPECT_EQ(payload.substr(at, kEmptyLastTurnBytes),
+            std::string(kEmptyLastTurnBytes, '\0'));
+  payload.erase(at, kEmptyLastTurnBytes);
+  if (version == 1) {
+    at -= 4;
+    EXPECT_EQ(payload.substr(at, 4), std::string(4, '\0'));
+    payload.erase(at, 4);
+  }
+  return payload;
+}
+
 TEST(SnapshotFormatTest, ReadsVersion1FullStateWithoutPendingTokens) {
   SessionState s = Random(8);
   s.pending.clear();
-  const std::string v2 = EncodeFullState(s, 5, 2);
-  // Version 1 is version 2 without the pending-token count, which sits just
-  // before the cells (u32 count, 20 bytes each) and the K/V size fields.
-  std::string payload = v2.substr(kFrameHeaderBytes);
-  const size_t at =
-      payload.size() - (8 + 4) - s.cache.cells.size() * 20 - 4 - 4;
-  ASSERT_EQ(payload.substr(at, 4), std::string(4, '\0'));
-  payload.erase(at, 4);
+  s.last_turn = CompletedTurn();
+  const std::string payload = OlderFullStatePayload(s, 1);
   absl::StatusOr<FullStateRecord> rec =
       DecodeFullState(Seal(RecordType::kFullState, 1, payload));
   ASSERT_TRUE(rec.ok()) << rec.status();
@@ -192,6 +208,79 @@ TEST(SnapshotFormatTest, ReadsVersion1FullStateWithoutPendingTokens) {
   EXPECT_EQ(
       DecodeFullState(Seal(RecordType::kFullState, 2, payload)).status().code(),
       absl::StatusCode::kDataLoss);
+}
+
+TEST(SnapshotFormatTest, ReadsVersion2FullStateWithoutLastTurn) {
+  SessionState s = Random(9);
+  s.pending = {{17, 3.25f}};
+  s.last_turn = CompletedTurn();
+  // Version 2 carries the pending tokens but no last turn.
+  std::string payload = EncodeFullState(s, 5, 2).substr(kFrameHeaderBytes);
+  const size_t at = payload.size() - (8 + 4) - s.cache.cells.size() * 20 - 4 -
+                    kEmptyLastTurnBytes;
+  payload.erase(at, kEmptyLastTurnBytes);
+  absl::StatusOr<FullStateRecord> rec =
+      DecodeFullState(Seal(RecordType::kFullState, 2, payload));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  s.kv.clear();
+  EXPECT_TRUE(rec->state == s);
+  EXPECT_TRUE(rec->state.last_turn.empty());
+  EXPECT_EQ(
+      DecodeFullState(Seal(RecordType::kFullState, 3, payload)).status().code(),
+      absl::StatusCode::kDataLoss);
+}
+
+CompletedTurn SomeTurn() {
+  CompletedTurn t;
+  t.turn_id = "turn-42";
+  t.text = "Once upon a time";
+  t.token_ids = {1, 2, 3, 500};
+  t.logprobs = {-0.5f, -0.0f, -std::numeric_limits<float>::infinity(), -7.0f};
+  t.stop_reason = 3;
+  t.prompt_tokens = 11;
+  t.generated_tokens = 4;
+  t.cells_kept = 64;
+  t.cells_evicted = 1234567890123;
+  return t;
+}
+
+TEST(SnapshotFormatTest, LastTurnRoundTripsInFullStateAndDelta) {
+  SessionState s = Random(10);
+  s.last_turn = SomeTurn();
+  absl::StatusOr<FullStateRecord> rec =
+      DecodeFullState(EncodeFullState(s, 1, 0));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  s.kv.clear();
+  EXPECT_TRUE(rec->state == s);
+  EXPECT_TRUE(rec->state.last_turn == SomeTurn());
+  EXPECT_TRUE(std::signbit(rec->state.last_turn.logprobs[1]));
+
+  store_testing::SimOptions o;
+  SessionState prev = store_testing::SimStateAt("d", o, 10);
+  SessionState next = store_testing::SimStateAt("d", o, 11);
+  next.last_turn = SomeTurn();
+  absl::StatusOr<SessionDelta> delta = DiffMetadata(prev, next);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  ASSERT_TRUE(delta->last_turn.has_value());
+  absl::StatusOr<DeltaRecord> drec = DecodeDelta(EncodeDelta("d", 3, *delta, 0));
+  ASSERT_TRUE(drec.ok()) << drec.status();
+  EXPECT_TRUE(drec->delta == *delta);
+  // Applying it carries the turn; an unchanged turn is not repeated.
+  StateReplayer replayer(prev.Copy(), /*with_kv=*/false);
+  ASSERT_TRUE(replayer.Apply(*delta, "").ok());
+  EXPECT_TRUE(replayer.metadata().last_turn == SomeTurn());
+  SessionState later = next.Copy();
+  absl::StatusOr<SessionDelta> same = DiffMetadata(next, later);
+  ASSERT_TRUE(same.ok());
+  EXPECT_FALSE(same->last_turn.has_value());
+  // A version 2 delta cannot carry the last-turn bit.
+  const std::string payload =
+      EncodeDelta("d", 3, *delta, 0).substr(kFrameHeaderBytes);
+  EXPECT_EQ(DecodeDelta(Seal(RecordType::kDelta, 2, payload)).status().code(),
+            absl::StatusCode::kDataLoss);
+  // Logprobs must match the token ids.
+  next.last_turn.logprobs.pop_back();
+  EXPECT_FALSE(next.ValidateMetadata().ok());
 }
 
 TEST(SnapshotFormatTest, ReadsVersion1DeltaAndRefusesPendingBitThere) {

@@ -121,6 +121,9 @@ Metrics::Metrics(const MetricsOptions& options)
                                   "Bytes of session snapshots written.");
   generated_ = &AddCounter(r, "sinkserve_generated_tokens_total",
                            "Tokens generated across all sessions.");
+  replayed_turns_ = &AddCounter(r, "sinkserve_replayed_turns_total",
+                                "Turns retried by turn_id and answered from their stored "
+                                "result instead of running again.");
   prompt_tokens_ = &AddCounter(r, "sinkserve_prompt_tokens_total",
                                "Prompt tokens fed (user turns and markup).");
   errors_ = &prometheus::BuildCounter()
@@ -208,6 +211,8 @@ void Metrics::ObserveBatch(int64_t turns) {
 void Metrics::AddGenerated(int64_t n) {
   if (n > 0) generated_->Increment(static_cast<double>(n));
 }
+
+void Metrics::IncReplayedTurns() { replayed_turns_->Increment(); }
 
 void Metrics::AddPromptTokens(int64_t n) {
   if (n > 0) prompt_tokens_->Increment(static_cast<double>(n));

@@ -83,6 +83,9 @@ class Metrics {
   // Counters; n <= 0 is ignored.
   void AddGenerated(int64_t n);
   void AddPromptTokens(int64_t n);
+  // A turn answered from its stored result (same turn_id as the session's
+  // last completed turn) instead of running again.
+  void IncReplayedTurns();
   // `code` is the gRPC code name ("NOT_FOUND"); "" counts as "UNKNOWN".
   void IncError(std::string_view code);
   // `policy` as in PolicyKind, lower case ("sirllm"); cells evicted.
@@ -113,6 +116,7 @@ class Metrics {
   prometheus::Histogram* batch_turns_ = nullptr;
   prometheus::Counter* checkpoint_bytes_ = nullptr;
   prometheus::Counter* generated_ = nullptr;
+  prometheus::Counter* replayed_turns_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Family<prometheus::Counter>* errors_ = nullptr;
   prometheus::Family<prometheus::Counter>* evictions_ = nullptr;

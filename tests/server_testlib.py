@@ -55,12 +55,12 @@ def health(channel, timeout=2.0):
 class Server:
     """`sinkserve serve` on 127.0.0.1:<free port> with a RocksDB directory."""
 
-    def __init__(self, db, *extra, model=MODEL, wait=True):
+    def __init__(self, db, *extra, model=MODEL, wait=True, listen="127.0.0.1:0"):
         self.db = db
         self.log_path = db.rstrip("/") + f".{time.time_ns()}.log"
         self._log = open(self.log_path, "w")
         args = [SINKSERVE, "serve", "--model", model, "--db", db,
-                "--listen", "127.0.0.1:0", "--threads", "1", "--temperature", "0",
+                "--listen", listen, "--threads", "1", "--temperature", "0",
                 "--sync=false", *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True)
@@ -115,9 +115,10 @@ class Stream:
     """One Chat call; requests go through a queue so that a cancel can be
     sent while responses stream back."""
 
-    def __init__(self, stub, timeout=60):
+    def __init__(self, stub, timeout=60, metadata=None):
         self._requests = queue.Queue()
-        self.call = stub.Chat(iter(self._requests.get, None), timeout=timeout)
+        self.call = stub.Chat(iter(self._requests.get, None), timeout=timeout,
+                              metadata=metadata)
 
     def send(self, **kind):
         self._requests.put(pb.ChatRequest(**kind))
@@ -177,6 +178,19 @@ def reattach(stub, session_id, timeout=5.0):
             if time.time() > deadline:
                 raise AssertionError(f"session {session_id} not released in {timeout} s")
             time.sleep(0.02)
+
+
+def free_port():
+    """A loopback TCP port nobody listens on right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def routed(session_id):
+    """gRPC metadata routing a call to the session's replica."""
+    return (("x-session-id", session_id),)
 
 
 def metrics(port):

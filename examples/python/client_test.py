@@ -54,8 +54,14 @@ class FakeSinkServe(pb_grpc.SinkServeServicer):
     def __init__(self):
         self.sessions = {}
         self.turns = []
+        self.headers = []      # x-session-id of every call
+        self.break_turns = 0   # break this many streams after reading a turn
+
+    def _note_header(self, context):
+        self.headers.append(dict(context.invocation_metadata()).get("x-session-id"))
 
     def Chat(self, request_iterator, context):
+        self._note_header(context)
         first = next(request_iterator)
         if first.WhichOneof("kind") != "open":
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open first")
@@ -72,6 +78,9 @@ class FakeSinkServe(pb_grpc.SinkServeServicer):
             if request.WhichOneof("kind") != "turn":
                 continue
             self.turns.append(request.turn)
+            if self.break_turns > 0:
+                self.break_turns -= 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "fake broken stream")
             words = request.turn.text.split()
             for i, word in enumerate(words):
                 yield pb.ChatResponse(delta=pb.TokenDelta(
@@ -89,6 +98,7 @@ class FakeSinkServe(pb_grpc.SinkServeServicer):
         return info
 
     def GetSession(self, request, context):
+        self._note_header(context)
         if request.session_id not in self.sessions:
             context.abort(grpc.StatusCode.NOT_FOUND, request.session_id)
         return self.sessions[request.session_id]
@@ -162,6 +172,31 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(config.policy.window, 64)
         self.assertEqual(config.system_prompt, "be brief")
         self.assertEqual(self.fake.sessions["s1"].rounds, 2)
+        # Every call carries the routing header; every turn its own id.
+        self.assertEqual(self.fake.headers, ["s1"])
+        ids = [t.turn_id for t in self.fake.turns]
+        self.assertTrue(all(ids), ids)
+        self.assertEqual(len(set(ids)), 2)
+
+    def test_chat_resends_the_same_turn_id_after_a_broken_stream(self):
+        self.fake.break_turns = 2
+        code, out, err = self.run_client(
+            "chat", "--session", "r1", "--create", "--message", "one two",
+            "--turn-id", "tid-1")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out.endswith("one two\n"), out)
+        self.assertEqual([t.turn_id for t in self.fake.turns], ["tid-1"] * 3)
+        self.assertEqual(err.count("resending turn tid-1"), 2)
+        self.assertEqual(self.fake.headers, ["r1"] * 3)
+
+    def test_chat_gives_up_after_its_retries(self):
+        self.fake.break_turns = 10
+        code, _, err = self.run_client(
+            "chat", "--session", "r2", "--create", "--message", "x", "--retries", "1")
+        self.assertEqual(code, 1)
+        self.assertIn("UNAVAILABLE", err)
+        self.assertEqual(len(self.fake.turns), 2)
+        self.assertEqual(self.fake.turns[0].turn_id, self.fake.turns[1].turn_id)
 
     def test_chat_unknown_session_reports_code(self):
         code, _, err = self.run_client("chat", "--session", "nope",
@@ -181,6 +216,13 @@ class ClientTest(unittest.TestCase):
             sinkserve_client.POLICIES,
             tuple(pb.PolicyKind.Name(v).removeprefix("POLICY_").lower()
                   for v in sorted(pb.PolicyKind.values())))
+
+    def test_admin_commands_send_the_routing_header(self):
+        self.run_client("create", "--session", "h1")
+        self.fake.headers.clear()
+        code, _, err = self.run_client("get", "--session", "h1")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.fake.headers, ["h1"])
 
     def test_admin_commands(self):
         for i in range(5):

@@ -10,12 +10,22 @@ variable SINKSERVE_PY_STUBS) at that folder.
       --message "Hello" --message "And then?"
   sinkserve_client.py list
   sinkserve_client.py delete --session s1
+
+Every call names its session in the `x-session-id` request metadata, so that a
+load balancer (deploy/nginx) can route all of a session's calls to the same
+replica. Each turn carries a random turn_id: when the server is unreachable
+or the stream breaks (UNAVAILABLE), the client reconnects and sends the turn
+again with the same id, and a turn that had already completed comes back from
+the server's record instead of running twice (deploy/RUNBOOK.md).
 """
 
 import argparse
 import os
 import queue
+import random
 import sys
+import time
+import uuid
 
 STUBS_ENV = "SINKSERVE_PY_STUBS"
 # Lower-case names of the proto's PolicyKind and StopReason values, by number
@@ -23,6 +33,44 @@ STUBS_ENV = "SINKSERVE_PY_STUBS"
 POLICIES = ("unspecified", "full", "window", "streaming", "sirllm")
 STOP_REASONS = {0: "unspecified", 1: "eos", 2: "stop_string", 3: "max_tokens",
                 4: "cancelled", 5: "context_full"}
+
+
+SESSION_HEADER = "x-session-id"
+
+
+def routing(session_id):
+    """The request metadata that routes a call to the session's replica."""
+    return ((SESSION_HEADER, session_id),)
+
+
+class TurnRefused(Exception):
+    """The server refused one turn (TurnError) without ending the stream."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code_name = code
+        self.message = message
+
+
+class StreamBroken(Exception):
+    """The stream ended (without an error status) before the turn did."""
+
+
+def retryable(error):
+    """Whether a failed turn may be sent again with the same turn_id:
+    UNAVAILABLE (server unreachable or draining, connection or stream
+    broken), a stream that ended early, and a session still attached to the
+    previous, broken stream (released as soon as the server notices)."""
+    if isinstance(error, StreamBroken):
+        return True
+    code = getattr(error, "code", None)
+    if not callable(code):
+        return False
+    name = code().name
+    if name == "UNAVAILABLE":
+        return True
+    details = error.details() if callable(getattr(error, "details", None)) else ""
+    return name == "FAILED_PRECONDITION" and "is attached to another stream" in (details or "")
 
 
 def load_stubs(stubs_dir):
@@ -73,10 +121,12 @@ class ChatStream:
     """One bidirectional Chat call: requests go through a queue so that turns
     and cancels can be sent while responses stream back."""
 
-    def __init__(self, stub, pb, timeout):
+    def __init__(self, stub, pb, timeout, session_id=None):
         self._pb = pb
         self._requests = queue.Queue()
-        self._responses = stub.Chat(self._request_iter(), timeout=timeout)
+        self._responses = stub.Chat(
+            self._request_iter(), timeout=timeout,
+            metadata=routing(session_id) if session_id else None)
 
     def _request_iter(self):
         while True:
@@ -93,11 +143,11 @@ class ChatStream:
             raise RuntimeError(f"expected SessionOpened, got {response}")
         return response.opened
 
-    def turn(self, text, max_tokens, stop, out):
+    def turn(self, text, max_tokens, stop, out, turn_id=""):
         """Sends a user turn, writes tokens to `out` as they arrive and returns
         the TurnEnd. Ctrl-C cancels the turn (the server ends it CANCELLED)."""
         self._requests.put(self._pb.ChatRequest(turn=self._pb.UserTurn(
-            text=text, max_tokens=max_tokens, stop=stop)))
+            text=text, max_tokens=max_tokens, stop=stop, turn_id=turn_id)))
         while True:
             try:
                 for response in self._responses:
@@ -107,7 +157,10 @@ class ChatStream:
                         out.flush()
                     elif kind == "turn_end":
                         return response.turn_end
-                raise RuntimeError("stream ended before the turn did")
+                    elif kind == "turn_error":
+                        error = response.turn_error
+                        raise TurnRefused(_code_name(error.code), error.message)
+                raise StreamBroken("stream ended before the turn did")
             except KeyboardInterrupt:
                 self._requests.put(
                     self._pb.ChatRequest(cancel=self._pb.CancelTurn()))
@@ -116,16 +169,70 @@ class ChatStream:
         self._requests.put(None)
 
 
-def cmd_chat(args, pb, stub):
-    stream = ChatStream(stub, pb, args.timeout)
-    try:
-        opened = stream.open(args.session, args.create, session_config(pb, args))
+def _code_name(code):
+    import grpc
+    for c in grpc.StatusCode:
+        if c.value[0] == code:
+            return c.name
+    return str(code)
+
+
+class ReconnectingChat:
+    """Turns of one session that survive broken streams: on a retryable
+    error the stream is reopened and the turn sent again with the same
+    turn_id (bounded tries, exponential backoff with jitter)."""
+
+    def __init__(self, stub, pb, args, retries=5, backoff=0.1, max_backoff=2.0):
+        self._stub, self._pb, self._args = stub, pb, args
+        self._retries, self._backoff, self._max_backoff = retries, backoff, max_backoff
+        self._stream = None
+
+    def _connect(self):
+        args = self._args
+        self._stream = ChatStream(self._stub, self._pb, args.timeout, args.session)
+        opened = self._stream.open(args.session, args.create, session_config(self._pb, args))
         state = "restored" if opened.restored else "attached"
         print(f"[{state} {describe(opened.session)}]", file=sys.stderr)
         for warning in opened.warnings:
             print(f"[warning: {warning}]", file=sys.stderr)
-        messages = args.message
+
+    def turn(self, text, out, turn_id=None):
+        turn_id = turn_id or uuid.uuid4().hex
+        wait = self._backoff
+        for attempt in range(self._retries + 1):
+            try:
+                if self._stream is None:
+                    self._connect()
+                return self._stream.turn(text, self._args.max_tokens, self._args.stop,
+                                         out, turn_id)
+            except Exception as e:  # grpc.RpcError, StreamBroken, TurnRefused
+                self.close()
+                if not retryable(e) or attempt == self._retries:
+                    raise
+                print(f"\n[attempt {attempt + 1} failed ({_describe_error(e)}); "
+                      f"resending turn {turn_id}]", file=sys.stderr)
+                time.sleep(wait * random.uniform(0.5, 1.0))
+                wait = min(2 * wait, self._max_backoff)
+
+    def close(self):
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+def _describe_error(e):
+    if callable(getattr(e, "code", None)):
+        return f"{e.code().name}: {e.details()}"
+    return str(e)
+
+
+def cmd_chat(args, pb, stub):
+    chat = ReconnectingChat(stub, pb, args, retries=args.retries)
+    try:
+        messages = list(args.message)
         interactive = not messages
+        # A chosen turn id makes sense for one turn only.
+        turn_id = args.turn_id if len(messages) == 1 else None
         while True:
             if interactive:
                 try:
@@ -136,29 +243,31 @@ def cmd_chat(args, pb, stub):
                 text = messages.pop(0)
             else:
                 break
-            end = stream.turn(text, args.max_tokens, args.stop, sys.stdout)
+            end = chat.turn(text, sys.stdout, turn_id)
             usage, timings = end.usage, end.timings
+            replayed = ", replayed (the turn had completed)" if end.replayed else ""
             print()
-            print(f"[{STOP_REASONS.get(end.stop_reason, end.stop_reason)}: "
+            print(f"[{STOP_REASONS.get(end.stop_reason, end.stop_reason)}{replayed}: "
                   f"{usage.prompt_tokens} prompt + {usage.generated_tokens} "
                   f"generated tokens, {usage.cells_kept} cells kept, "
                   f"{usage.cells_evicted} evicted; first token "
                   f"{timings.time_to_first_token_ms:.1f} ms, "
                   f"{timings.tokens_per_second:.1f} tok/s]", file=sys.stderr)
     finally:
-        stream.close()
+        chat.close()
 
 
 def cmd_create(args, pb, stub):
     info = stub.CreateSession(pb.CreateSessionRequest(
         session_id=args.session, config=session_config(pb, args)),
-        timeout=args.timeout)
+        timeout=args.timeout, metadata=routing(args.session))
     print(describe(info))
 
 
 def cmd_get(args, pb, stub):
     print(describe(stub.GetSession(
-        pb.GetSessionRequest(session_id=args.session), timeout=args.timeout)))
+        pb.GetSessionRequest(session_id=args.session), timeout=args.timeout,
+        metadata=routing(args.session))))
 
 
 def cmd_list(args, pb, stub):
@@ -177,7 +286,7 @@ def cmd_list(args, pb, stub):
 
 def cmd_delete(args, pb, stub):
     stub.DeleteSession(pb.DeleteSessionRequest(session_id=args.session),
-                       timeout=args.timeout)
+                       timeout=args.timeout, metadata=routing(args.session))
     print(f"deleted {args.session}")
 
 
@@ -218,6 +327,11 @@ def build_parser():
                       help="0 = the server's default")
     chat.add_argument("--stop", action="append", default=[],
                       help="stop string (repeatable)")
+    chat.add_argument("--retries", type=int, default=5,
+                      help="resend a turn (same turn_id) this many times on "
+                           "UNAVAILABLE or a broken stream")
+    chat.add_argument("--turn-id", default="",
+                      help="turn id of a single --message (default: random)")
     add_config_flags(chat)
     chat.set_defaults(run=cmd_chat)
 
@@ -251,6 +365,12 @@ def main(argv=None):
             args.run(args, pb, stub)
         except grpc.RpcError as e:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+        except TurnRefused as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except StreamBroken as e:
+            print(f"error: UNAVAILABLE: {e}", file=sys.stderr)
             return 1
     return 0
 

@@ -24,7 +24,12 @@ constexpr char kSynopsis[] =
     "Attaches to session ID (with --create, creates it when missing) and sends\n"
     "--message as one turn, or, without it, every line of stdin as a turn\n"
     "(interactive when stdin is a terminal). Tokens are printed as they stream\n"
-    "in; per-turn statistics go to stderr. Exit 1 with the gRPC status on error.";
+    "in; per-turn statistics go to stderr. Exit 1 with the gRPC status on error.\n"
+    "With --message the turn is sent exactly once across failures: it carries a\n"
+    "turn id (--turn-id, else a random one) and, when the server is unreachable\n"
+    "or the stream breaks (UNAVAILABLE), chat reconnects and sends it again with\n"
+    "the same id, up to --retries times with growing waits; a turn that had\n"
+    "completed comes back from the server's record instead of running twice.";
 
 std::string_view StopName(v1::StopReason reason) {
   switch (reason) {
@@ -92,6 +97,10 @@ int RunChat(const std::vector<std::string>& args) {
         "sampling temperature of a created session; -1 = the server's default"},
        {"seed", FlagKind::kInt, "-1", "RNG seed of a created session; -1 = the server's"},
        {"timeout", FlagKind::kDouble, "0", "deadline of the whole stream in seconds; 0 = none"},
+       {"turn-id", FlagKind::kString, "",
+        "--message: the turn's id for exactly-once retries; empty = a random one"},
+       {"retries", FlagKind::kInt, "5",
+        "--message: reconnect and resend this many times on UNAVAILABLE or a broken stream"},
        {"quiet", FlagKind::kBool, "false", "no statistics on stderr"}});
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
   if (flags.GetString("session").empty()) {
@@ -128,18 +137,71 @@ int RunChat(const std::vector<std::string>& args) {
   if (interactive) pthread_sigmask(SIG_BLOCK, &sigint, nullptr);
 
   auto channel = grpc::CreateChannel(flags.GetString("server"), grpc::InsecureChannelCredentials());
-  absl::StatusOr<std::unique_ptr<service::ChatClient>> client = service::ChatClient::Open(
-      channel, open, timeout > 0 ? absl::Seconds(timeout) : absl::InfiniteDuration());
-  if (!client.ok())
-    return Fail("chat", absl::UnknownError(service::DescribeStatus(client.status())));
-  const v1::SessionOpened& opened = (*client)->opened();
-  if (!quiet) {
+  auto fill_turn = [&](const std::string& text) {
+    v1::UserTurn turn;
+    turn.set_text(text);
+    turn.set_max_tokens(flags.GetInt("max-tokens"));
+    turn.set_ignore_eos(flags.GetBool("ignore-eos"));
+    if (!flags.GetString("stop").empty()) turn.add_stop(flags.GetString("stop"));
+    return turn;
+  };
+  auto print_delta = [](const v1::TokenDelta& delta) {
+    std::fwrite(delta.text().data(), 1, delta.text().size(), stdout);
+    std::fflush(stdout);
+  };
+  auto print_end = [&](const v1::TurnEnd& end) {
+    if (quiet) return;
+    std::cerr << absl::StrFormat(
+        "[%s%s: %d prompt + %d generated tokens, %d cells kept, %d evicted; first token "
+        "%.1f ms, %.1f tokens/s]\n",
+        StopName(end.stop_reason()), end.replayed() ? ", replayed (the turn had completed)" : "",
+        end.usage().prompt_tokens(), end.usage().generated_tokens(), end.usage().cells_kept(),
+        end.usage().cells_evicted(), end.timings().time_to_first_token_ms(),
+        end.timings().tokens_per_second());
+  };
+  auto print_opened = [&](const v1::SessionOpened& opened) {
+    if (quiet) return;
     std::cerr << absl::StrFormat(
         "[session %s %s: %d cells cached, %d rounds, template %s]\n", opened.session().session_id(),
         opened.restored() ? "restored from the store" : "attached", opened.session().cells_cached(),
         opened.session().rounds(), opened.session().chat_template());
     for (const std::string& w : opened.warnings()) std::cerr << "[warning: " << w << "]\n";
+  };
+  if (flags.Has("message")) {
+    if (flags.GetInt("retries") < 0 || flags.GetInt("retries") > 1000) {
+      std::cerr << "sinkserve chat: --retries out of range: " << flags.GetInt("retries") << "\n";
+      return kExitUsage;
+    }
+    v1::UserTurn turn = fill_turn(flags.GetString("message"));
+    turn.set_turn_id(flags.GetString("turn-id").empty() ? service::NewTurnId()
+                                                        : flags.GetString("turn-id"));
+    service::RetryOptions retry;
+    retry.max_attempts = 1 + static_cast<int>(flags.GetInt("retries"));
+    absl::StatusOr<service::ClientTurnResult> result = service::TurnWithRetries(
+        channel, open, turn, retry,
+        timeout > 0 ? absl::Seconds(timeout) : absl::InfiniteDuration(), print_delta,
+        [&](int attempt, const absl::Status& why) {
+          // A new attempt replays or reruns the reply from its start.
+          std::printf("\n");
+          std::fflush(stdout);
+          if (!quiet) {
+            std::cerr << "[attempt " << attempt << " failed (" << service::DescribeStatus(why)
+                      << "); resending turn " << turn.turn_id() << "]\n";
+          }
+        },
+        print_opened);
+    std::printf("\n");
+    std::fflush(stdout);
+    if (!result.ok())
+      return Fail("chat", absl::UnknownError(service::DescribeStatus(result.status())));
+    print_end(result->end);
+    return kExitOk;
   }
+  absl::StatusOr<std::unique_ptr<service::ChatClient>> client = service::ChatClient::Open(
+      channel, open, timeout > 0 ? absl::Seconds(timeout) : absl::InfiniteDuration());
+  if (!client.ok())
+    return Fail("chat", absl::UnknownError(service::DescribeStatus(client.status())));
+  print_opened((*client)->opened());
 
   if (interactive) {
     std::thread([&client, sigint] {
@@ -150,44 +212,23 @@ int RunChat(const std::vector<std::string>& args) {
     }).detach();  // waits in sigwait until the process ends
   }
   auto run_turn = [&](const std::string& text) -> absl::Status {
-    v1::UserTurn turn;
-    turn.set_text(text);
-    turn.set_max_tokens(flags.GetInt("max-tokens"));
-    turn.set_ignore_eos(flags.GetBool("ignore-eos"));
-    if (!flags.GetString("stop").empty()) turn.add_stop(flags.GetString("stop"));
-    absl::StatusOr<service::ClientTurnResult> result =
-        (*client)->Turn(turn, [](const v1::TokenDelta& delta) {
-          std::fwrite(delta.text().data(), 1, delta.text().size(), stdout);
-          std::fflush(stdout);
-        });
+    absl::StatusOr<service::ClientTurnResult> result = (*client)->Turn(fill_turn(text), print_delta);
     std::printf("\n");
     std::fflush(stdout);
     if (!result.ok()) return result.status();
-    if (!quiet) {
-      const v1::TurnEnd& end = result->end;
-      std::cerr << absl::StrFormat(
-          "[%s: %d prompt + %d generated tokens, %d cells kept, %d evicted; first token "
-          "%.1f ms, %.1f tokens/s]\n",
-          StopName(end.stop_reason()), end.usage().prompt_tokens(), end.usage().generated_tokens(),
-          end.usage().cells_kept(), end.usage().cells_evicted(),
-          end.timings().time_to_first_token_ms(), end.timings().tokens_per_second());
-    }
+    print_end(result->end);
     return absl::OkStatus();
   };
 
   absl::Status status;
-  if (flags.Has("message")) {
-    status = run_turn(flags.GetString("message"));
-  } else {
-    std::string line;
-    while (status.ok()) {
-      if (interactive) {
-        std::cout << "> " << std::flush;
-      }
-      if (!std::getline(std::cin, line)) break;
-      if (line.empty()) continue;
-      status = run_turn(line);
+  std::string line;
+  while (status.ok()) {
+    if (interactive) {
+      std::cout << "> " << std::flush;
     }
+    if (!std::getline(std::cin, line)) break;
+    if (line.empty()) continue;
+    status = run_turn(line);
   }
   if (status.ok()) status = (*client)->Close();
   if (!status.ok()) return Fail("chat", absl::UnknownError(service::DescribeStatus(status)));

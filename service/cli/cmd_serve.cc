@@ -82,6 +82,9 @@ int RunServe(const std::vector<std::string>& args) {
       {"max-batch", FlagKind::kInt, "256", "most sessions in one forward pass"},
       {"stream-buffer", FlagKind::kInt, "32",
        "responses queued per stream before its turn pauses (backpressure)"},
+      {"max-waiting-turns", FlagKind::kInt, "4",
+       "turns that may wait on a stream behind the running one (pipelining); one more gets "
+       "RESOURCE_EXHAUSTED as a TurnError"},
       {"temperature", FlagKind::kDouble, "0.8", "default sampling temperature; 0 = greedy"},
       {"seed", FlagKind::kInt, "-1",
        "RNG seed of new sessions that set none; -1 = a random one per session"},
@@ -112,9 +115,10 @@ int RunServe(const std::vector<std::string>& args) {
   for (const char* name : {"threads", "max-sessions-in-memory", "max-sessions", "max-message-bytes",
                            "max-prompt-tokens", "max-tokens", "max-tokens-limit", "prefill-chunk",
                            "max-batch", "stream-buffer", "max-session-cells",
-                           "checkpoint-threads"}) {
+                           "checkpoint-threads", "max-waiting-turns"}) {
     const int64_t v = flags.GetInt(name);
-    const bool may_be_zero = std::string(name) == "threads" || std::string(name) == "max-sessions";
+    const bool may_be_zero = std::string(name) == "threads" || std::string(name) == "max-sessions" ||
+                             std::string(name) == "max-waiting-turns";
     if (v < (may_be_zero ? 0 : 1) || v > (int64_t{1} << 30)) {
       std::cerr << "sinkserve serve: --" << name << " out of range: " << v << "\n";
       return kExitUsage;
@@ -168,6 +172,7 @@ int RunServe(const std::vector<std::string>& args) {
   options.limits.turn.default_max_tokens = flags.GetInt("max-tokens");
   options.limits.turn.max_tokens_limit = flags.GetInt("max-tokens-limit");
   options.limits.stream_buffer = flags.GetInt("stream-buffer");
+  options.limits.max_waiting_turns = flags.GetInt("max-waiting-turns");
   options.scheduler.max_batch = flags.GetInt("max-batch");
 
   // SIGTERM/SIGINT are taken by sigwait below: block them before any thread

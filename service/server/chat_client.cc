@@ -1,8 +1,12 @@
 #include "service/server/chat_client.h"
 
+#include <algorithm>
+#include <random>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "service/server/status_util.h"
 
@@ -18,6 +22,7 @@ absl::StatusOr<std::unique_ptr<ChatClient>> ChatClient::Open(
   if (deadline != absl::InfiniteDuration()) {
     client->context_.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   }
+  client->context_.AddMetadata(kSessionIdHeader, open.session_id());
   client->stub_ = v1::SinkServe::NewStub(channel);
   client->stream_ = client->stub_->Chat(&client->context_);
   v1::ChatRequest request;
@@ -77,6 +82,10 @@ absl::StatusOr<ClientTurnResult> ChatClient::Turn(
     } else if (response.has_turn_end()) {
       result.end = std::move(*response.mutable_turn_end());
       return result;
+    } else if (response.has_turn_error()) {
+      // One turn at a time: the refused turn is this one.
+      return absl::Status(static_cast<absl::StatusCode>(response.turn_error().code()),
+                          response.turn_error().message());
     }
   }
   return Broken();
@@ -98,6 +107,50 @@ absl::Status ChatClient::Close() {
   while (stream_->Read(&ignored)) {
   }
   return FromGrpcStatus(stream_->Finish());
+}
+
+bool RetryableTurnError(const absl::Status& status) {
+  if (status.code() == absl::StatusCode::kUnavailable) return true;
+  // SessionManager::Attach's words for a session held by another stream.
+  return status.code() == absl::StatusCode::kFailedPrecondition &&
+         absl::StrContains(status.message(), "is attached to another stream");
+}
+
+std::string NewTurnId() {
+  std::random_device device;
+  std::mt19937_64 rng((uint64_t{device()} << 32) ^ device());
+  return absl::StrFormat("%016x%016x", rng(), rng());
+}
+
+absl::StatusOr<ClientTurnResult> TurnWithRetries(
+    const std::shared_ptr<grpc::Channel>& channel, const v1::OpenSession& open,
+    const v1::UserTurn& turn, const RetryOptions& retry, absl::Duration deadline,
+    const std::function<void(const v1::TokenDelta&)>& on_delta,
+    const std::function<void(int attempt, const absl::Status&)>& on_retry,
+    const std::function<void(const v1::SessionOpened&)>& on_opened) {
+  if (turn.turn_id().empty()) {
+    return absl::InvalidArgumentError("a retried turn needs a turn_id (else it may run twice)");
+  }
+  std::mt19937_64 jitter(std::random_device{}());
+  absl::Duration backoff = retry.initial_backoff;
+  absl::Status last;
+  for (int attempt = 1;; ++attempt) {
+    absl::StatusOr<std::unique_ptr<ChatClient>> client = ChatClient::Open(channel, open, deadline);
+    if (client.ok() && on_opened) on_opened((*client)->opened());
+    absl::StatusOr<ClientTurnResult> result =
+        client.ok() ? (*client)->Turn(turn, on_delta) : client.status();
+    if (result.ok()) {
+      // The turn is done (and durable); how the stream ends does not matter.
+      (void)(*client)->Close();
+      return result;
+    }
+    last = result.status();
+    if (!RetryableTurnError(last) || attempt >= retry.max_attempts) return last;
+    if (on_retry) on_retry(attempt, last);
+    const double spread = std::uniform_real_distribution<double>(0.5, 1.0)(jitter);
+    absl::SleepFor(backoff * spread);
+    backoff = std::min(backoff * 2, retry.max_backoff);
+  }
 }
 
 absl::Status ChatClient::Broken() {

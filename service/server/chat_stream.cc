@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/sequence.h"
 #include "service/server/log.h"
 #include "service/server/status_util.h"
@@ -29,8 +30,9 @@ bool Parse(const grpc::ByteBuffer& buffer, v1::ChatRequest* request) {
 
 }  // namespace
 
-ChatStream* ChatStream::Start(SinkServeService* service) {
-  std::shared_ptr<ChatStream> stream(new ChatStream(service));
+ChatStream* ChatStream::Start(SinkServeService* service,
+                              std::optional<std::string> routing_id) {
+  std::shared_ptr<ChatStream> stream(new ChatStream(service, std::move(routing_id)));
   std::lock_guard<std::mutex> lock(stream->mu_);
   stream->self_ = stream;
   if (Metrics* m = service->metrics()) m->IncActiveStreams();
@@ -63,21 +65,56 @@ void ChatStream::Send(v1::ChatResponse response) {
 }
 
 void ChatStream::TurnEnded(const absl::Status& status, v1::ChatResponse* turn_end) {
-  std::lock_guard<std::mutex> lock(mu_);
-  turn_active_ = false;
+  std::optional<WaitingTurn> next;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    turn_active_ = false;
+    cancel_turn_ = false;
+    if (turn_end != nullptr && !closing_ && !cancelled_ && !done_) {
+      queue_.push_back(std::move(*turn_end));
+      WriteLocked();
+    }
+    if (!status.ok()) {
+      // Waiting turns were sent after this one and may depend on it: they
+      // are dropped with the stream (FinishLocked).
+      FinishLocked(ToGrpcStatus(status));
+    } else if (drain_) {
+      FinishLocked(ShuttingDown());
+    } else if (next = NextTurnLocked(); next.has_value()) {
+      // The stream stays attached: the next turn is already running.
+    } else if (reads_done_) {
+      FinishLocked(grpc::Status::OK);
+    }
+    MaybeDetachLocked();
+  }
+  if (next.has_value()) PostTurn(*std::move(next));
+}
+
+std::optional<ChatStream::WaitingTurn> ChatStream::NextTurnLocked() {
+  if (waiting_.empty() || closing_ || cancelled_ || done_ || turn_active_) return std::nullopt;
+  WaitingTurn next = std::move(waiting_.front());
+  waiting_.pop_front();
+  turn_active_ = true;
   cancel_turn_ = false;
-  if (turn_end != nullptr && !closing_ && !cancelled_ && !done_) {
-    queue_.push_back(std::move(*turn_end));
-    WriteLocked();
-  }
-  if (!status.ok()) {
-    FinishLocked(ToGrpcStatus(status));
-  } else if (drain_) {
-    FinishLocked(ShuttingDown());
-  } else if (reads_done_) {
-    FinishLocked(grpc::Status::OK);
-  }
-  MaybeDetachLocked();
+  return next;
+}
+
+void ChatStream::PostTurn(WaitingTurn turn) {
+  service_->core().scheduler->Post(
+      [self = shared_from_this(), turn = std::move(turn)] { self->DoTurn(turn.turn, turn.received); });
+}
+
+void ChatStream::RefuseTurnLocked(const v1::UserTurn& turn, grpc::StatusCode code,
+                                  std::string message) {
+  service_->CountError(grpc::Status(code, message));
+  if (closing_ || cancelled_ || done_) return;
+  v1::ChatResponse response;
+  v1::TurnError* error = response.mutable_turn_error();
+  error->set_code(static_cast<int32_t>(code));
+  error->set_message(std::move(message));
+  error->set_turn_id(turn.turn_id());
+  queue_.push_back(std::move(response));
+  WriteLocked();
 }
 
 void ChatStream::Drain() {
@@ -112,6 +149,16 @@ void ChatStream::OnReadDone(bool ok) {
         FinishLocked(ShuttingDown());
         return;
       }
+      if (routing_id_.has_value() && *routing_id_ != request.open().session_id()) {
+        // The load balancer routed this stream by the header: serving
+        // another session here would put it on the wrong replica.
+        FinishLocked(grpc::Status(
+            grpc::StatusCode::INVALID_ARGUMENT,
+            absl::StrCat("the x-session-id header names session '", *routing_id_,
+                         "' but OpenSession names '", request.open().session_id(),
+                         "'; send the session id being opened")));
+        return;
+      }
       opening_ = true;
       v1::OpenSession open = std::move(*request.mutable_open());
       lock.unlock();
@@ -126,24 +173,30 @@ void ChatStream::OnReadDone(bool ok) {
                                   "open a session before sending a turn"));
         return;
       }
-      if (turn_active_) {
-        FinishLocked(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                  "a turn is already running on this stream"));
-        return;
-      }
       if (drain_ || service_->draining()) {
         FinishLocked(ShuttingDown());
         return;
       }
+      WaitingTurn turn{std::move(*request.mutable_turn()), std::chrono::steady_clock::now()};
+      StartRead(&read_buffer_);
+      if (turn_active_) {
+        // Pipelined: it runs after the turns before it. Bounded, so that a
+        // client cannot queue unbounded work (and memory) on one stream.
+        const int limit = core.limits.max_waiting_turns;
+        if (static_cast<int>(waiting_.size()) >= limit) {
+          RefuseTurnLocked(turn.turn, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                           absl::StrCat("turn refused: ", limit,
+                                        " turns already wait on this stream behind the "
+                                        "running one; send it again after a TurnEnd"));
+        } else {
+          waiting_.push_back(std::move(turn));
+        }
+        return;
+      }
       turn_active_ = true;
       cancel_turn_ = false;
-      v1::UserTurn turn = std::move(*request.mutable_turn());
-      const auto received = std::chrono::steady_clock::now();
-      StartRead(&read_buffer_);
       lock.unlock();
-      core.scheduler->Post([self = shared_from_this(), turn = std::move(turn), received] {
-        self->DoTurn(turn, received);
-      });
+      PostTurn(std::move(turn));
       return;
     }
     case v1::ChatRequest::kCancel:
@@ -219,6 +272,10 @@ absl::Status ChatStream::CheckFreshSessionFits(const engine::Session& session) c
 void ChatStream::DoTurn(const v1::UserTurn& request,
                         std::chrono::steady_clock::time_point received) {
   const ServingCore& core = service_->core();
+  if (!request.turn_id().empty() && session_->last_turn().turn_id == request.turn_id()) {
+    ReplayTurn(request);
+    return;
+  }
   ChatTurnContext context;
   context.model = core.model;
   context.encoder = core.encoder;
@@ -232,6 +289,44 @@ void ChatStream::DoTurn(const v1::UserTurn& request,
     return;
   }
   core.scheduler->AddTurn(std::move(*turn));
+}
+
+void ChatStream::ReplayTurn(const v1::UserTurn& request) {
+  const memory::CompletedTurn& last = session_->last_turn();
+  if (!last.token_ids.empty() || !last.text.empty()) {
+    v1::ChatResponse delta;
+    v1::TokenDelta* d = delta.mutable_delta();
+    d->set_text(last.text);
+    d->mutable_token_ids()->Add(last.token_ids.begin(), last.token_ids.end());
+    if (request.logprobs()) d->mutable_logprobs()->Add(last.logprobs.begin(), last.logprobs.end());
+    Send(std::move(delta));
+  }
+  auto response = std::make_shared<v1::ChatResponse>();
+  v1::TurnEnd* end = response->mutable_turn_end();
+  end->set_stop_reason(static_cast<v1::StopReason>(last.stop_reason));
+  end->mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(last.prompt_tokens));
+  end->mutable_usage()->set_generated_tokens(static_cast<uint32_t>(last.generated_tokens));
+  end->mutable_usage()->set_cells_kept(static_cast<uint32_t>(last.cells_kept));
+  end->mutable_usage()->set_cells_evicted(static_cast<uint64_t>(last.cells_evicted));
+  end->set_replayed(true);
+  end->set_turn_id(last.turn_id);
+  if (Metrics* m = service_->metrics()) m->IncReplayedTurns();
+  // The stored turn may have ended on this server a moment ago with its
+  // checkpoint still being written (its client lost the stream before the
+  // TurnEnd): acknowledge it only once that is durable too. A clean session
+  // captures a barrier, which completes after every earlier checkpoint.
+  std::shared_ptr<ChatStream> self = shared_from_this();
+  const std::string id = session_->id();
+  service_->core().sessions->CheckpointTurn(session_, [self, id, response](const absl::Status& s) {
+    if (!s.ok()) {
+      ServerLog("checkpoint of session ", id, " failed: ", s.ToString());
+      self->TurnEnded(absl::UnavailableError(absl::StrCat(
+                          "the turn's stored result is not durable: ", s.message())),
+                      nullptr);
+      return;
+    }
+    self->TurnEnded(absl::OkStatus(), response.get());
+  });
 }
 
 void ChatStream::OnWriteDone(bool ok) {
@@ -286,6 +381,7 @@ void ChatStream::WriteLocked() {
 void ChatStream::FinishLocked(const grpc::Status& status) {
   if (closing_) return;
   closing_ = true;
+  waiting_.clear();  // never started; a client resends them (same turn_id)
   finish_status_ = status;
   if (turn_active_) cancel_turn_ = true;
   if (!status.ok()) service_->CountError(status);

@@ -3,7 +3,12 @@
 //
 // It reads requests one at a time: `open` attaches the session (on the
 // scheduler thread), `turn` hands a ChatTurn to the scheduler and keeps
-// reading so that `cancel` can arrive. Responses go through a bounded queue
+// reading so that `cancel` and further turns can arrive. Turns that arrive
+// while one runs wait in order (pipelining, up to
+// ServiceLimits::max_waiting_turns; one more gets a TurnError and the stream
+// goes on); each starts when the previous one has ended. A turn whose
+// turn_id is the session's last completed turn's is answered from the
+// stored result instead of running (exactly-once retries). Responses go through a bounded queue
 // with one write in flight; the scheduler pauses the turn while the queue is
 // full. The reactor stays alive (shared ownership) until both gRPC is done
 // with it and the scheduler has ended its turn; the session is detached only
@@ -15,6 +20,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "grpcpp/grpcpp.h"
@@ -33,7 +39,9 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
  public:
   // Creates the reactor (owning itself until OnDone) and starts reading, or
   // finishes at once with UNAVAILABLE when the service is not serving.
-  static ChatStream* Start(SinkServeService* service);
+  // `routing_id`: the call's x-session-id metadata, if it had one; the open
+  // must then name that session.
+  static ChatStream* Start(SinkServeService* service, std::optional<std::string> routing_id);
 
   // TurnOutput (scheduler thread).
   bool HasRoom() const override;
@@ -50,16 +58,32 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   void OnDone() override;
 
  private:
-  explicit ChatStream(SinkServeService* service) : service_(service) {}
+  struct WaitingTurn {
+    v1::UserTurn turn;
+    std::chrono::steady_clock::time_point received;
+  };
+
+  ChatStream(SinkServeService* service, std::optional<std::string> routing_id)
+      : service_(service), routing_id_(std::move(routing_id)) {}
 
   // Scheduler thread.
   void DoOpen(const v1::OpenSession& open);
   void DoTurn(const v1::UserTurn& turn, std::chrono::steady_clock::time_point received);
+  // Answers a turn that already completed (same turn_id) from the session's
+  // stored result, once everything checkpointed so far is durable.
+  void ReplayTurn(const v1::UserTurn& turn);
+  // Hands `turn` to the scheduler; call without mu_ held (Post may run the
+  // task inline once the scheduler has stopped).
+  void PostTurn(WaitingTurn turn);
   // A session that has not run a turn yet must have room for one (see
   // CheckSystemPromptFits).
   absl::Status CheckFreshSessionFits(const engine::Session& session) const;
 
   // Locked helpers (mu_ held).
+  // The next waiting turn, now marked running, if one may start.
+  std::optional<WaitingTurn> NextTurnLocked();
+  // Queues a TurnError for a refused turn; the stream goes on.
+  void RefuseTurnLocked(const v1::UserTurn& turn, grpc::StatusCode code, std::string message);
   void WriteLocked();
   // No more responses after those queued; Finish(status) once they are out.
   void FinishLocked(const grpc::Status& status);
@@ -67,10 +91,12 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   void MaybeDetachLocked();
 
   SinkServeService* const service_;
+  const std::optional<std::string> routing_id_;
   mutable std::mutex mu_;
   std::shared_ptr<ChatStream> self_;  // until OnDone
   grpc::ByteBuffer read_buffer_;      // the read in flight
   std::deque<v1::ChatResponse> queue_;
+  std::deque<WaitingTurn> waiting_;  // turns received while one runs, in order
   grpc::ByteBuffer write_buffer_;  // the write in flight
   bool writing_ = false;
   bool opening_ = false;

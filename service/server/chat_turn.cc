@@ -76,6 +76,7 @@ absl::StatusOr<std::unique_ptr<ChatTurn>> ChatTurn::Create(
   auto turn = std::unique_ptr<ChatTurn>(new ChatTurn(context, session, std::move(output)));
   turn->received_ = received;
   turn->want_logprobs_ = request.logprobs();
+  turn->record_.turn_id = request.turn_id();
 
   const engine::Tokenizer& tokenizer = *context.model->tokenizer;
   const engine::Vocab& vocab = tokenizer.vocab();
@@ -182,6 +183,13 @@ void ChatTurn::Flush() {
     if (!first_token_.has_value()) first_token_ = now;
     last_token_ = now;
   }
+  if (!record_.turn_id.empty()) {
+    record_.text += delta_.text();
+    record_.token_ids.insert(record_.token_ids.end(), delta_.token_ids().begin(),
+                             delta_.token_ids().end());
+    record_.logprobs.insert(record_.logprobs.end(), delta_.logprobs().begin(),
+                            delta_.logprobs().end());
+  }
   v1::ChatResponse response;
   response.mutable_delta()->Swap(&delta_);
   output_->Send(std::move(response));
@@ -227,6 +235,20 @@ void ChatTurn::OnEnd(const absl::Status& status) {
   }
   if (stats.generate_seconds > 0) {
     end->mutable_timings()->set_tokens_per_second(stats.generated_tokens / stats.generate_seconds);
+  }
+  // Stored before the checkpoint is captured, so the result is durable
+  // exactly when this turn is.
+  if (!record_.turn_id.empty()) {
+    end->set_turn_id(record_.turn_id);
+    record_.stop_reason = end->stop_reason();
+    record_.prompt_tokens = end->usage().prompt_tokens();
+    record_.generated_tokens = end->usage().generated_tokens();
+    record_.cells_kept = end->usage().cells_kept();
+    record_.cells_evicted = end->usage().cells_evicted();
+    session_->set_last_turn(std::move(record_));
+  } else if (!session_->last_turn().empty()) {
+    // The last completed turn has no id now: an older id must not replay.
+    session_->set_last_turn(memory::CompletedTurn());
   }
   context_.sessions->CheckpointTurn(session_, [output, id, response](const absl::Status& s) {
     if (!s.ok()) {

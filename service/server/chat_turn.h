@@ -6,7 +6,9 @@
 // engine::RunTurn runs alone, so a turn produces the same tokens batched or
 // alone), streams token deltas to its TurnOutput, and when the turn
 // ends closes the round, checkpoints the session and only then sends TurnEnd:
-// a client that saw TurnEnd can rely on the turn surviving a crash.
+// a client that saw TurnEnd can rely on the turn surviving a crash. A turn
+// with a turn_id also leaves its result in the session (and so in that
+// checkpoint) for a retry of the same id to replay.
 #ifndef SINKSERVE_SERVICE_SERVER_CHAT_TURN_H_
 #define SINKSERVE_SERVICE_SERVER_CHAT_TURN_H_
 
@@ -107,6 +109,9 @@ class ChatTurn : public ScheduledTurn {
   std::unique_ptr<engine::TurnDriver> driver_;
 
   v1::TokenDelta delta_;  // gathered since the last Flush
+  // The whole reply, gathered only for a turn with a turn_id: it becomes the
+  // session's last completed turn, which a retry with that id replays.
+  memory::CompletedTurn record_;
   std::chrono::steady_clock::time_point received_;
   std::optional<std::chrono::steady_clock::time_point> first_token_;
   std::chrono::steady_clock::time_point last_token_;

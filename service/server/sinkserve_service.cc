@@ -1,12 +1,43 @@
 #include "service/server/sinkserve_service.h"
 
+#include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "service/server/chat_stream.h"
 #include "service/server/status_util.h"
 
 namespace sinkserve::service {
+namespace {
+
+constexpr char kSessionIdHeader[] = "x-session-id";
+
+// The call's x-session-id metadata (what a load balancer hashes to pick the
+// replica), if it has one.
+std::optional<std::string> RoutingSessionId(const grpc::CallbackServerContext* context) {
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find(kSessionIdHeader);
+  if (it == metadata.end()) return std::nullopt;
+  return std::string(it->second.data(), it->second.size());
+}
+
+}  // namespace
+
+bool SinkServeService::RefuseMisrouted(grpc::CallbackServerContext* context,
+                                       grpc::ServerUnaryReactor* reactor,
+                                       const std::string& session_id) {
+  std::optional<std::string> routing_id = RoutingSessionId(context);
+  if (!routing_id.has_value() || *routing_id == session_id) return false;
+  grpc::Status status(grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat("the x-session-id header names session '", *routing_id,
+                                   "' but the request names '", session_id,
+                                   "'; send the session id the request is about"));
+  CountError(status);
+  reactor->Finish(status);
+  return true;
+}
 
 void SinkServeService::SetServing(const ServingCore& core) {
   core_ = core;
@@ -39,7 +70,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SinkServeService::C
     grpc::CallbackServerContext* context) {
   // Registered before it can start a read, so a drain never misses it.
   std::lock_guard<std::mutex> lock(mu_);
-  ChatStream* stream = ChatStream::Start(this);
+  ChatStream* stream = ChatStream::Start(this, RoutingSessionId(context));
   streams_.insert(stream);
   return stream;
 }
@@ -69,6 +100,7 @@ grpc::ServerUnaryReactor* SinkServeService::CreateSession(grpc::CallbackServerCo
                                                           v1::SessionInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
+  if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
   RunUnary(reactor, [this, request, response]() -> absl::Status {
     // Refused before it is stored: no turn of it could ever run. A bad
     // template name is left for CreateDetached to report.
@@ -96,6 +128,7 @@ grpc::ServerUnaryReactor* SinkServeService::GetSession(grpc::CallbackServerConte
                                                        v1::SessionInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (RefuseUnlessServing(reactor, /*allow_draining=*/true)) return reactor;
+  if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
   RunUnary(reactor, [this, request, response]() -> absl::Status {
     absl::StatusOr<v1::SessionInfo> info = core_.sessions->Info(request->session_id());
     if (!info.ok()) return info.status();
@@ -124,6 +157,7 @@ grpc::ServerUnaryReactor* SinkServeService::DeleteSession(grpc::CallbackServerCo
                                                           v1::DeleteSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
+  if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
   RunUnary(reactor, [this, request]() -> absl::Status {
     return core_.sessions->Delete(request->session_id());
   });

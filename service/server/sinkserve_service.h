@@ -12,6 +12,7 @@
 #include <atomic>
 #include <mutex>
 #include <set>
+#include <string>
 
 #include "service/metrics.h"
 #include "service/server/chat_turn.h"
@@ -29,6 +30,10 @@ struct ServiceLimits {
   // Responses a stream may have queued for a slow reader before its turn
   // pauses. Default: 32.
   int stream_buffer = 32;
+  // Turns that may wait on one stream behind its running turn (pipelining);
+  // one more gets a TurnError (RESOURCE_EXHAUSTED) and the stream goes on.
+  // Default: 4.
+  int max_waiting_turns = 4;
 };
 
 // What the service runs on once the model has loaded. Pointers outlive the
@@ -88,6 +93,11 @@ class SinkServeService final : public SinkServeServiceBase {
   // Finishes `reactor` with UNAVAILABLE unless serving (or, with
   // `allow_draining`, draining); true when it did.
   bool RefuseUnlessServing(grpc::ServerUnaryReactor* reactor, bool allow_draining);
+  // Finishes `reactor` with INVALID_ARGUMENT when the call's x-session-id
+  // metadata names another session than `session_id`; true when it did. A
+  // call without the header passes (clients older than the header).
+  bool RefuseMisrouted(grpc::CallbackServerContext* context, grpc::ServerUnaryReactor* reactor,
+                       const std::string& session_id);
   // Runs `work` on the scheduler thread and finishes `reactor` with its status.
   void RunUnary(grpc::ServerUnaryReactor* reactor, std::function<absl::Status()> work);
 

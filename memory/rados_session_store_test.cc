@@ -72,8 +72,9 @@ class ClusterEnvironment : public ::testing::Environment {
               "installed: run scripts/setup";
       return;
     }
-    const char* base = std::getenv("TEST_TMPDIR");
-    std::string tmpl = std::string(base ? base : "/tmp") + "/rados_test.XXXXXX";
+    // Under /tmp, not TEST_TMPDIR: the daemons' admin sockets live in it,
+    // and a Unix socket path has at most 107 bytes.
+    std::string tmpl = "/tmp/rados_test.XXXXXX";
     if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
     dir_ = tmpl;
     const std::string out = Run(

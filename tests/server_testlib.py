@@ -53,13 +53,15 @@ def health(channel, timeout=2.0):
 
 
 class Server:
-    """`sinkserve serve` on 127.0.0.1:<free port> with a RocksDB directory."""
+    """`sinkserve serve` on 127.0.0.1:<free port> with a RocksDB directory, or
+    with `store` (a --store URL) and `db` only naming its log file."""
 
-    def __init__(self, db, *extra, model=MODEL, wait=True, listen="127.0.0.1:0"):
+    def __init__(self, db, *extra, model=MODEL, wait=True, listen="127.0.0.1:0", store=None):
         self.db = db
         self.log_path = db.rstrip("/") + f".{time.time_ns()}.log"
         self._log = open(self.log_path, "w")
-        args = [SINKSERVE, "serve", "--model", model, "--db", db,
+        where = ["--store", store] if store else ["--db", db]
+        args = [SINKSERVE, "serve", "--model", model, *where,
                 "--listen", listen, "--threads", "1", "--temperature", "0",
                 "--sync=false", *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log,

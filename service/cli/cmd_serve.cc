@@ -22,7 +22,7 @@ namespace sinkserve::cli {
 namespace {
 
 constexpr char kSynopsis[] =
-    "--model PATH --db DIR [--listen ADDR] [--metrics-listen ADDR] [--threads N]\n"
+    "--model PATH (--db DIR | --store rados://POOL?conf=PATH) [--listen ADDR] [--metrics-listen ADDR] [--threads N]\n"
     "         [--max-sessions-in-memory N] [--session-idle-seconds S]\n"
     "         [--max-session-memory-bytes B] [--default-policy streaming(4,252)] [limits]\n"
     "Serves sinkserve.v1.SinkServe (bidirectional Chat streams over durable\n"
@@ -43,6 +43,9 @@ std::string WithPort(const std::string& address, int port) {
 int RunServe(const std::vector<std::string>& args) {
   std::vector<FlagSpec> specs = {
       {"model", FlagKind::kString, "", "GGUF model file"},
+      {"store", FlagKind::kString, "",
+       "a store shared by several servers instead of --db: rados://POOL?conf=PATH[&ns=NAMESPACE] "
+       "(Ceph RADOS)"},
       {"db", FlagKind::kString, "",
        "session store directory (created if missing); `none` keeps nothing: sessions live "
        "only in memory and are gone when they leave it (benchmarks; ./none for a directory)"},
@@ -101,8 +104,8 @@ int RunServe(const std::vector<std::string>& args) {
   FlagSet flags("serve", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
   if (int rc = CheckBackendFlag(flags, "serve"); rc >= 0) return rc;
-  if (!flags.Has("model") || !flags.Has("db")) {
-    std::cerr << "sinkserve serve: --model and --db are required\n";
+  if (!flags.Has("model") || flags.Has("db") == flags.Has("store")) {
+    std::cerr << "sinkserve serve: --model and one of --db or --store are required\n";
     return kExitUsage;
   }
   absl::StatusOr<memory::PolicyConfig> policy =
@@ -152,6 +155,7 @@ int RunServe(const std::vector<std::string>& args) {
     return BackendFromFlags(flags, std::move(weights), threads, dtype);
   };
   options.db = flags.GetString("db");
+  options.store = flags.GetString("store");
   options.listen = flags.GetString("listen");
   options.metrics_listen = flags.GetString("metrics-listen");
   options.max_message_bytes = flags.GetInt("max-message-bytes");
@@ -193,7 +197,8 @@ int RunServe(const std::vector<std::string>& args) {
         service::ServerLog("loading ", options.model.path);
       });
   if (!server.ok()) return Fail("serve", server.status());
-  service::ServerLog("serving (policy ", policy->ToString(), ", store ", options.db, ")");
+  service::ServerLog("serving (policy ", policy->ToString(), ", store ",
+                     options.store.empty() ? options.db : options.store, ")");
   std::printf("sinkserve serve: ready\n");  // health is SERVING from here on
   std::fflush(stdout);
 

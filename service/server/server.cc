@@ -13,7 +13,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include <optional>
+
 #include "memory/null_session_store.h"
+#include "memory/rados_session_store.h"
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -74,10 +77,54 @@ class EarlyHealthGate : public grpc::experimental::ServerInterceptorFactoryInter
 
 }  // namespace
 
+absl::StatusOr<memory::RadosSessionStoreOptions> ParseRadosUrl(std::string_view url) {
+  constexpr std::string_view kScheme = "rados://";
+  if (url.substr(0, kScheme.size()) != kScheme) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--store ", std::string(url), ": expected rados://POOL?conf=PATH[&ns=NAMESPACE]"));
+  }
+  std::string_view rest = url.substr(kScheme.size());
+  memory::RadosSessionStoreOptions o;
+  const size_t q = rest.find('?');
+  o.pool = std::string(rest.substr(0, q));
+  if (q != std::string_view::npos) {
+    std::string_view params = rest.substr(q + 1);
+    while (!params.empty()) {
+      const size_t amp = params.find('&');
+      const std::string_view param = params.substr(0, amp);
+      params = amp == std::string_view::npos ? std::string_view() : params.substr(amp + 1);
+      const size_t eq = param.find('=');
+      const std::string key(param.substr(0, eq));
+      const std::string value(eq == std::string_view::npos ? "" : param.substr(eq + 1));
+      if (key == "conf") {
+        o.conf_path = value;
+      } else if (key == "ns") {
+        o.rados_namespace = value;
+      } else if (key == "id") {
+        o.client_id = value;
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--store ", std::string(url), ": unknown parameter '", key,
+                         "' (conf, ns, id)"));
+      }
+    }
+  }
+  if (o.pool.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--store ", std::string(url), ": no pool"));
+  }
+  return o;
+}
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options,
     const std::function<void(int port, int metrics_port)>& on_listening) {
-  if (options.db.empty()) return absl::InvalidArgumentError("--db is required");
+  if (options.db.empty() && options.store.empty()) {
+    return absl::InvalidArgumentError("--db or --store is required");
+  }
+  std::optional<memory::RadosSessionStoreOptions> rados;
+  if (!options.store.empty()) {
+    SINKSERVE_ASSIGN_OR_RETURN(rados, ParseRadosUrl(options.store));
+  }
   auto server = std::unique_ptr<Server>(new Server());
   MetricsOptions metrics_options;
   metrics_options.listen_address = options.metrics_listen;
@@ -111,7 +158,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->encoder_ = std::make_unique<TurnEncoder>(*server->model_->tokenizer);
   // Durability is the checkpoint writers': they sync the store once for each
   // group of checkpoints they write (group commit) instead of per write.
-  if (options.db == kNoStore) {
+  if (rados) {
+    SINKSERVE_ASSIGN_OR_RETURN(server->store_, memory::RadosSessionStore::Open(*rados));
+  } else if (options.db == kNoStore) {
     server->store_ = std::make_unique<memory::NullSessionStore>();
   } else {
     memory::RocksDbSessionStoreOptions store_options;

@@ -15,6 +15,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "memory/rados_session_store.h"
 #include "memory/rocksdb_session_store.h"
 #include "service/chat_template.h"
 #include "service/metrics.h"
@@ -35,6 +36,10 @@ struct ServerOptions {
   // durable (sessions live in memory only; for benchmarks). Default: ""
   // (required).
   std::string db;
+  // A shared store instead of `db`: "rados://POOL?conf=PATH[&ns=NAMESPACE]"
+  // (memory::RadosSessionStore; several servers may use one pool). "" uses
+  // `db`. Default: "".
+  std::string store;
   // gRPC address; port 0 picks a free one (see Server::port()).
   // Default: "127.0.0.1:50051".
   std::string listen = "127.0.0.1:50051";
@@ -50,6 +55,10 @@ struct ServerOptions {
   // Default: true.
   bool sync = true;
 };
+
+// "rados://POOL?conf=PATH[&ns=NAMESPACE][&id=CLIENT]" as store options;
+// INVALID_ARGUMENT for anything else.
+absl::StatusOr<memory::RadosSessionStoreOptions> ParseRadosUrl(std::string_view url);
 
 class Server {
  public:

@@ -1,0 +1,85 @@
+#!/usr/bin/python3
+"""`sinkserve serve --store rados://...` end to end: a real throwaway Ceph
+cluster (scripts/cluster, stopped by the pids it started), a real server on
+stories260K that chats two turns and is SIGTERMed, then a second server
+process on the same pool that continues the session exactly as one process
+alone would have.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+from server_testlib import ROOT, Server, Stream, turns_alone
+
+CLUSTER = os.path.join(ROOT, "scripts", "cluster")
+TEXTS = ["Once upon a time", " The dog barked.", " Lily smiled."]
+
+
+def have_ceph():
+    return all(shutil.which(b) for b in ("ceph-mon", "ceph-osd", "ceph", "rados"))
+
+
+@unittest.skipUnless(have_ceph(), "Ceph binaries missing: run scripts/setup")
+class RadosServerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        # Short: the daemons' admin sockets live in it (107-byte path limit).
+        cls.cluster = tempfile.mkdtemp(prefix="ss-ceph-", dir="/tmp")
+        out = subprocess.run([CLUSTER, "start", cls.cluster], capture_output=True, text=True,
+                             timeout=120)
+        if out.returncode != 0:
+            shutil.rmtree(cls.cluster, ignore_errors=True)
+            raise RuntimeError(f"scripts/cluster start failed: {out.stderr}")
+        cls.conf = out.stdout.strip().splitlines()[-1]
+
+    @classmethod
+    def tearDownClass(cls):
+        subprocess.run([CLUSTER, "stop", cls.cluster], timeout=120)
+        shutil.rmtree(cls.cluster, ignore_errors=True)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="sinkserve-rados-")
+        self.servers = []
+
+    def tearDown(self):
+        for s in self.servers:
+            s.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start(self, ns):
+        server = Server(os.path.join(self.tmp, "server"), store=f"rados://sessions?conf={self.conf}"
+                        f"&ns={ns}")
+        self.servers.append(server)
+        return server
+
+    def test_second_process_continues_the_session_exactly(self):
+        # The reference: one process, three turns, on its own namespace.
+        server = self.start("reference")
+        want = turns_alone(server.stub, "tale", TEXTS)
+        self.assertEqual(server.terminate(), 0)
+
+        # Two turns on one process, SIGTERM, the third on another process.
+        server = self.start("handover")
+        stream = Stream(server.stub)
+        stream.open("tale")
+        got = [stream.turn(t, max_tokens=20)[0] for t in TEXTS[:2]]
+        stream.finish()
+        self.assertEqual(got, want[:2])
+        self.assertEqual(server.terminate(), 0)
+
+        server = self.start("handover")
+        stream = Stream(server.stub)
+        opened = stream.open("tale", create=False)
+        self.assertTrue(opened.restored)
+        self.assertEqual(opened.session.rounds, 2)
+        got.append(stream.turn(TEXTS[2], max_tokens=20)[0])
+        stream.finish()
+        self.assertEqual(got, want)
+        self.assertEqual(server.terminate(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

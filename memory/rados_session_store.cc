@@ -15,6 +15,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "memory/rados_cluster.h"
+#include "memory/session_leases.h"
 #include "memory/snapshot_format.h"
 #include "memory/status_macros.h"
 
@@ -116,13 +118,6 @@ struct Completion {
 };
 
 }  // namespace
-
-struct RadosSessionStore::Cluster {
-  // Destroyed in reverse: the pool context before the cluster handle, whose
-  // destructor shuts librados down (exactly once).
-  librados::Rados rados;
-  librados::IoCtx io;
-};
 
 struct RadosSessionStore::Meta {
   bool exists = false;  // the object (possibly only a claimed epoch)
@@ -577,16 +572,42 @@ void RadosSessionStore::RemoveRecords(std::string_view id,
   for (auto& c : removes) c->Wait();
 }
 
+void RadosSessionStore::SetFence(std::string_view id, uint64_t epoch) {
+  absl::MutexLock lock(&fences_mu_);
+  fences_.insert_or_assign(std::string(id), epoch);
+}
+
+void RadosSessionStore::ClearFence(std::string_view id) {
+  absl::MutexLock lock(&fences_mu_);
+  if (auto it = fences_.find(id); it != fences_.end()) fences_.erase(it);
+}
+
+void RadosSessionStore::RequireFences() {
+  absl::MutexLock lock(&fences_mu_);
+  require_fences_ = true;
+}
+
+absl::StatusOr<uint64_t> RadosSessionStore::FenceFor(std::string_view id) const {
+  absl::MutexLock lock(&fences_mu_);
+  if (auto it = fences_.find(id); it != fences_.end()) return it->second;
+  if (require_fences_) {
+    return FencedError(absl::StrCat("fenced: session ", Sv(id),
+                                    " is not held by this server (no lease)"));
+  }
+  return options_.fence;
+}
+
 absl::Status RadosSessionStore::Refused(std::string_view id,
-                                        std::string_view what,
+                                        std::string_view what, uint64_t fence,
                                         uint64_t expected_version) const {
   counters_.lost_races.fetch_add(1, std::memory_order_relaxed);
   absl::StatusOr<Meta> now = ReadMeta(id, /*with_records=*/false);
-  if (now.ok() && options_.fence != 0 && now->epoch != options_.fence) {
-    return absl::FailedPreconditionError(absl::StrCat(
+  if (now.ok() && fence != 0 && now->epoch != fence) {
+    counters_.fenced_writes.fetch_add(1, std::memory_order_relaxed);
+    return FencedError(absl::StrCat(
         "fenced: ", Sv(what), " of session ", Sv(id),
         " refused: it is owned at epoch ", now->epoch,
-        " and this server writes at epoch ", options_.fence));
+        " and this server writes at epoch ", fence));
   }
   if (now.ok() && !now->has_session) {
     return absl::NotFoundError(absl::StrCat(Sv(what), " of session ", Sv(id),
@@ -626,11 +647,12 @@ absl::StatusOr<CheckpointResult> RadosSessionStore::Put(
   const absl::Time start = absl::Now();
   SINKSERVE_RETURN_IF_ERROR(state.Validate());
   const std::string& id = state.id;
+  SINKSERVE_ASSIGN_OR_RETURN(const uint64_t fence, FenceFor(id));
   absl::MutexLock lock(&LockFor(id));
   for (int attempt = 0;; ++attempt) {
     SINKSERVE_ASSIGN_OR_RETURN(Meta old, ReadMeta(id, /*with_records=*/true));
-    if (options_.fence != 0 && old.epoch != options_.fence) {
-      return Refused(id, "put", old.version);
+    if (fence != 0 && old.epoch != fence) {
+      return Refused(id, "put", fence, old.version);
     }
     // A corrupt header must not block replacing the session: its version
     // xattr still orders the new checkpoint after it.
@@ -664,7 +686,7 @@ absl::StatusOr<CheckpointResult> RadosSessionStore::Put(
         snap::EncodeSessionHeader(HeaderFor(state, incarnation, seq, seq));
     librados::ObjectWriteOperation op;
     if (old.exists) {
-      Guard(&op, options_.fence, old.version);
+      Guard(&op, fence, old.version);
     } else {
       // No one else created it meanwhile. cmpxattr fails on a missing
       // xattr, so every meta object carries both from its creation.
@@ -681,10 +703,12 @@ absl::StatusOr<CheckpointResult> RadosSessionStore::Put(
       RemoveRecords(id, token, chunks);
       const bool raced = r == -ECANCELED || r == -EEXIST || r == -ENOENT;
       if (!raced) return RADOS_ERROR(r, "committing session ", id);
-      if (attempt + 1 >= kPutAttempts) return Refused(id, "put", old.version);
-      if (options_.fence != 0) {
-        absl::Status why = Refused(id, "put", old.version);
-        if (absl::IsFailedPrecondition(why)) return why;
+      if (attempt + 1 >= kPutAttempts) {
+        return Refused(id, "put", fence, old.version);
+      }
+      if (fence != 0) {
+        absl::Status why = Refused(id, "put", fence, old.version);
+        if (IsFenced(why)) return why;
       }
       continue;  // another writer moved it: replace what it wrote
     }
@@ -703,6 +727,7 @@ absl::StatusOr<CheckpointResult> RadosSessionStore::Append(
     std::string_view id, uint64_t base_version, const SessionDelta& delta) {
   const absl::Time start = absl::Now();
   SINKSERVE_RETURN_IF_ERROR(ValidateSessionId(id));
+  SINKSERVE_ASSIGN_OR_RETURN(const uint64_t fence, FenceFor(id));
   CheckpointResult result;
   bool fold = false;
   {
@@ -713,8 +738,8 @@ absl::StatusOr<CheckpointResult> RadosSessionStore::Append(
           "append to session ", Sv(id), ": no such session (Put it first)"));
     }
     SINKSERVE_RETURN_IF_ERROR(meta.header_status);
-    if (options_.fence != 0 && meta.epoch != options_.fence) {
-      return Refused(id, "append", base_version);
+    if (fence != 0 && meta.epoch != fence) {
+      return Refused(id, "append", fence, base_version);
     }
     if (meta.version != base_version) {
       return absl::AbortedError(absl::StrCat(
@@ -749,7 +774,7 @@ absl::StatusOr<CheckpointResult> RadosSessionStore::Append(
     const std::string header = snap::EncodeSessionHeader(HeaderFor(
         next, meta.header.incarnation, meta.header.base_seq, seq));
     librados::ObjectWriteOperation op;
-    Guard(&op, options_.fence, base_version);
+    Guard(&op, fence, base_version);
     op.write_full(Bl(header));
     op.setxattr(kVersionXattr, U64Bl(seq));
     op.omap_set({{SeqKey(seq), Bl(RecordRef(token, chunks))}});
@@ -758,7 +783,7 @@ absl::StatusOr<CheckpointResult> RadosSessionStore::Append(
     if (r < 0) {
       RemoveRecords(id, token, chunks);
       if (r == -ECANCELED || r == -ENOENT) {
-        return Refused(id, "append", base_version);
+        return Refused(id, "append", fence, base_version);
       }
       return RADOS_ERROR(r, "committing session ", Sv(id));
     }
@@ -922,6 +947,7 @@ absl::StatusOr<ListPage> RadosSessionStore::List(
 
 absl::Status RadosSessionStore::Delete(std::string_view id) {
   SINKSERVE_RETURN_IF_ERROR(ValidateSessionId(id));
+  SINKSERVE_ASSIGN_OR_RETURN(const uint64_t fence, FenceFor(id));
   absl::MutexLock lock(&LockFor(id));
   // Not the header: a corrupt session must be deletable too.
   SINKSERVE_ASSIGN_OR_RETURN(Meta meta, ReadMeta(id, /*with_records=*/true));
@@ -929,8 +955,8 @@ absl::Status RadosSessionStore::Delete(std::string_view id) {
     return absl::NotFoundError(absl::StrCat("no session ", Sv(id), " in ", where_));
   }
   librados::ObjectWriteOperation op;
-  Guard(&op, options_.fence, meta.version);
-  if (options_.fence != 0) {
+  Guard(&op, fence, meta.version);
+  if (fence != 0) {
     // The epoch outlives the session: a fenced-out owner stays fenced out.
     op.truncate(0);
     op.setxattr(kVersionXattr, U64Bl(0));
@@ -939,7 +965,7 @@ absl::Status RadosSessionStore::Delete(std::string_view id) {
     op.remove();
   }
   const int r = cluster_->io.operate(MetaObject(id), &op);
-  if (r == -ECANCELED || r == -ENOENT) return Refused(id, "delete", meta.version);
+  if (r == -ECANCELED || r == -ENOENT) return Refused(id, "delete", fence, meta.version);
   if (r < 0) return RADOS_ERROR(r, "deleting session ", Sv(id));
   for (const auto& [seq, ref] : meta.records) {
     RemoveRecords(id, ref.token, ref.chunks);
@@ -1036,6 +1062,9 @@ absl::Status RadosSessionStore::Compact(std::string_view id) {
   }
   SINKSERVE_ASSIGN_OR_RETURN(Chain chain, ReadChain(meta, ChainRead::kFull));
   const uint64_t last = meta.header.info.version;
+  // A session this server no longer holds is folded by its owner.
+  absl::StatusOr<uint64_t> fence = FenceFor(id);
+  if (!fence.ok()) return absl::OkStatus();
   absl::MutexLock lock(&LockFor(id));
   const uint32_t chunks =
       snap::KvChunkCount(chain.state.kv.size(), options_.kv_chunk_bytes);
@@ -1049,7 +1078,7 @@ absl::Status RadosSessionStore::Compact(std::string_view id) {
   // The fold commits only if nothing moved the session since it was read;
   // else a later threshold crossing folds again.
   librados::ObjectWriteOperation op;
-  Guard(&op, options_.fence, last);
+  Guard(&op, *fence, last);
   op.write_full(Bl(snap::EncodeSessionHeader(header)));
   op.omap_clear();
   op.omap_set({{SeqKey(last), Bl(RecordRef(token, chunks))}});
@@ -1109,6 +1138,7 @@ RadosStoreStats RadosSessionStore::stats() const {
   s.compactions = counters_.compactions.load();
   s.compaction_errors = counters_.compaction_errors.load();
   s.lost_races = counters_.lost_races.load();
+  s.fenced_writes = counters_.fenced_writes.load();
   return s;
 }
 

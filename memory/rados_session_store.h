@@ -36,6 +36,8 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -90,10 +92,15 @@ struct RadosStoreStats {
   uint64_t compaction_errors = 0;
   // Commits refused because another writer moved the session first.
   uint64_t lost_races = 0;
+  // Of those, writes refused because another server owns the session.
+  uint64_t fenced_writes = 0;
 };
 
 class RadosSessionStore final : public SessionStore {
  public:
+  // Shares this store's connection (rados_cluster.h).
+  friend class RadosLeases;
+
   static constexpr std::string_view kIndexObject = "sinkserve.index";
   static constexpr std::string_view kMarkerObject = "sinkserve.store";
   static constexpr uint32_t kStoreVersion = 1;
@@ -120,6 +127,15 @@ class RadosSessionStore final : public SessionStore {
   absl::StatusOr<ListPage> List(const ListOptions& options) const override;
   absl::Status Delete(std::string_view id) override;
   absl::StatusOr<VerifyReport> Verify() const override;
+
+  // Per-session fencing (what RadosLeases sets for the sessions it holds):
+  // writes of `id` require its "epoch" xattr to equal `epoch`, else they are
+  // refused with FencedError. Overrides options.fence for `id`.
+  void SetFence(std::string_view id, uint64_t epoch);
+  void ClearFence(std::string_view id);
+  // From now on a write of a session without a fence (SetFence) is refused
+  // with FencedError: a server that uses leases writes only what it holds.
+  void RequireFences();
 
   // The session's owner epoch (0 if never set, also for no session).
   absl::StatusOr<uint64_t> Epoch(std::string_view id) const;
@@ -168,9 +184,13 @@ class RadosSessionStore final : public SessionStore {
   // Best effort: a leftover record object is never read.
   void RemoveRecords(std::string_view id, std::string_view token,
                      uint32_t parts) const;
-  // Why a guarded commit on `id` was refused: fenced or moved.
+  // The epoch writes of `id` must assert (0: none), or FencedError when
+  // fences are required and `id` has none.
+  absl::StatusOr<uint64_t> FenceFor(std::string_view id) const;
+  // Why a guarded commit on `id` at epoch `fence` was refused: fenced or
+  // moved.
   absl::Status Refused(std::string_view id, std::string_view what,
-                       uint64_t expected_version) const;
+                       uint64_t fence, uint64_t expected_version) const;
   absl::Mutex& LockFor(std::string_view id) const;
   void EnqueueCompaction(std::string_view id);
   void CompactionLoop();
@@ -184,6 +204,10 @@ class RadosSessionStore final : public SessionStore {
   std::string where_;
 
   mutable std::array<absl::Mutex, 64> stripes_;
+
+  mutable absl::Mutex fences_mu_;
+  std::map<std::string, uint64_t, std::less<>> fences_ ABSL_GUARDED_BY(fences_mu_);
+  bool require_fences_ ABSL_GUARDED_BY(fences_mu_) = false;
 
   absl::Mutex queue_mu_;
   absl::CondVar queue_cv_;
@@ -199,6 +223,7 @@ class RadosSessionStore final : public SessionStore {
     std::atomic<uint64_t> compactions{0};
     std::atomic<uint64_t> compaction_errors{0};
     std::atomic<uint64_t> lost_races{0};
+    std::atomic<uint64_t> fenced_writes{0};
   };
   mutable Counters counters_;
 };

@@ -7,7 +7,7 @@ namespace {
 constexpr char kFencedPayload[] = "type.sinkserve.dev/fenced";
 }  // namespace
 
-std::string_view AcquireCauseName(AcquireCause cause) {
+const char* AcquireCauseName(AcquireCause cause) {
   switch (cause) {
     case AcquireCause::kHeld:
       return "held";

@@ -46,7 +46,7 @@ enum class AcquireCause {
   kOwnerGone,  // its owner was gone: the lease was broken
   kExpired,    // its owner did not answer: the lease was waited out
 };
-std::string_view AcquireCauseName(AcquireCause cause);
+const char* AcquireCauseName(AcquireCause cause);
 
 struct Acquired {
   uint64_t epoch = 0;  // this server's epoch for the session

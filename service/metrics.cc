@@ -175,6 +175,32 @@ Metrics::Metrics(const MetricsOptions& options)
                                 "Checkpoints captured and not yet durable.");
   checkpoint_queue_bytes_ = &AddGauge(r, "sinkserve_checkpoint_queue_bytes",
                                       "Staging bytes of the checkpoints not yet durable.");
+  takeovers_ = &prometheus::BuildHistogram()
+                    .Name("sinkserve_session_takeover_seconds")
+                    .Help("Sessions this server took the lease of, by cause (free, handed_off, "
+                          "owner_gone, expired), and how long taking it took.")
+                    .Register(r);
+  takeover_buckets_ = options.checkpoint_buckets;
+  for (const char* cause : {"free", "handed_off", "owner_gone", "expired"}) {
+    takeovers_->Add({{"cause", cause}}, takeover_buckets_);
+  }
+  restore_seconds_ = &AddHistogram(r, "sinkserve_session_restore_seconds",
+                                   "Loading a session from the store into memory.",
+                                   options.checkpoint_buckets);
+  sessions_owned_ = &AddGauge(r, "sinkserve_sessions_owned",
+                              "Sessions whose lease this server holds (shared store).");
+  lease_renewals_ = &AddCounter(r, "sinkserve_lease_renewals_total",
+                                "Session leases renewed in the shared store.");
+  lease_renewal_errors_ = &AddCounter(r, "sinkserve_lease_renewal_errors_total",
+                                      "Lease renewals the shared store did not answer.");
+  lease_losses_ = &AddCounter(
+      r, "sinkserve_lease_losses_total",
+      "Session leases found taken by another server or run out: sessions dropped unwritten.");
+  lease_releases_ = &AddCounter(r, "sinkserve_lease_releases_total",
+                                "Session leases given up (idle, handed off, drained).");
+  fenced_writes_ = &AddCounter(
+      r, "sinkserve_fenced_writes_total",
+      "Writes the shared store refused because another server owns the session now.");
 }
 
 Metrics::~Metrics() = default;
@@ -250,6 +276,29 @@ void Metrics::SetCacheCells(std::string_view policy, int64_t n) {
 
 void Metrics::SetSessionMemoryBytes(int64_t n) {
   session_memory_bytes_->Set(static_cast<double>(n));
+}
+
+void Metrics::ObserveTakeover(std::string_view cause, double seconds) {
+  if (!ValidSeconds(seconds)) return;
+  takeovers_->Add({{"cause", std::string(cause)}}, takeover_buckets_).Observe(seconds);
+}
+
+void Metrics::ObserveRestore(double seconds) {
+  if (ValidSeconds(seconds)) restore_seconds_->Observe(seconds);
+}
+
+void Metrics::SetOwnership(const OwnershipTotals& totals) {
+  std::lock_guard<std::mutex> lock(ownership_mu_);
+  auto advance = [](prometheus::Counter* counter, uint64_t now, uint64_t before) {
+    if (now > before) counter->Increment(static_cast<double>(now - before));
+  };
+  sessions_owned_->Set(static_cast<double>(totals.owned));
+  advance(lease_renewals_, totals.renewals, last_ownership_.renewals);
+  advance(lease_renewal_errors_, totals.renewal_errors, last_ownership_.renewal_errors);
+  advance(lease_losses_, totals.losses, last_ownership_.losses);
+  advance(lease_releases_, totals.releases, last_ownership_.releases);
+  advance(fenced_writes_, totals.fenced_writes, last_ownership_.fenced_writes);
+  last_ownership_ = totals;
 }
 
 void Metrics::SetCheckpointQueue(int64_t checkpoints, int64_t bytes) {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -106,6 +107,24 @@ class Metrics {
   // Checkpoints captured and not yet durable, and the bytes they hold.
   void SetCheckpointQueue(int64_t checkpoints, int64_t bytes);
 
+  // Sessions shared by several servers (a store with leases).
+  // A session this server took over, by how (memory::AcquireCauseName:
+  // "free", "handed_off", "owner_gone", "expired"), and how long it took.
+  void ObserveTakeover(std::string_view cause, double seconds);
+  // Loading a session from the store into memory (restore).
+  void ObserveRestore(double seconds);
+  // The lease and store totals since start (cumulative values; the counters
+  // advance by the difference to the last call).
+  struct OwnershipTotals {
+    int64_t owned = 0;
+    uint64_t renewals = 0;
+    uint64_t renewal_errors = 0;
+    uint64_t losses = 0;
+    uint64_t releases = 0;
+    uint64_t fenced_writes = 0;
+  };
+  void SetOwnership(const OwnershipTotals& totals);
+
  private:
   Metrics(const MetricsOptions& options);
 
@@ -129,6 +148,17 @@ class Metrics {
   prometheus::Histogram* admission_wait_ = nullptr;
   prometheus::Gauge* checkpoint_queue_ = nullptr;
   prometheus::Gauge* checkpoint_queue_bytes_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* takeovers_ = nullptr;
+  std::vector<double> takeover_buckets_;
+  prometheus::Histogram* restore_seconds_ = nullptr;
+  prometheus::Gauge* sessions_owned_ = nullptr;
+  prometheus::Counter* lease_renewals_ = nullptr;
+  prometheus::Counter* lease_renewal_errors_ = nullptr;
+  prometheus::Counter* lease_losses_ = nullptr;
+  prometheus::Counter* lease_releases_ = nullptr;
+  prometheus::Counter* fenced_writes_ = nullptr;
+  std::mutex ownership_mu_;
+  OwnershipTotals last_ownership_;  // guarded by ownership_mu_
   // Declared last: destroyed first, so no scrape runs on a dying registry.
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;

@@ -8,37 +8,23 @@ alone would have.
 
 import os
 import shutil
-import subprocess
 import tempfile
 import unittest
 
-from server_testlib import ROOT, Server, Stream, turns_alone
+from server_testlib import CephCluster, Server, Stream, have_ceph, turns_alone
 
-CLUSTER = os.path.join(ROOT, "scripts", "cluster")
 TEXTS = ["Once upon a time", " The dog barked.", " Lily smiled."]
-
-
-def have_ceph():
-    return all(shutil.which(b) for b in ("ceph-mon", "ceph-osd", "ceph", "rados"))
 
 
 @unittest.skipUnless(have_ceph(), "Ceph binaries missing: run scripts/setup")
 class RadosServerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        # Short: the daemons' admin sockets live in it (107-byte path limit).
-        cls.cluster = tempfile.mkdtemp(prefix="ss-ceph-", dir="/tmp")
-        out = subprocess.run([CLUSTER, "start", cls.cluster], capture_output=True, text=True,
-                             timeout=120)
-        if out.returncode != 0:
-            shutil.rmtree(cls.cluster, ignore_errors=True)
-            raise RuntimeError(f"scripts/cluster start failed: {out.stderr}")
-        cls.conf = out.stdout.strip().splitlines()[-1]
+        cls.cluster = CephCluster()
 
     @classmethod
     def tearDownClass(cls):
-        subprocess.run([CLUSTER, "stop", cls.cluster], timeout=120)
-        shutil.rmtree(cls.cluster, ignore_errors=True)
+        cls.cluster.stop()
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="sinkserve-rados-")
@@ -50,8 +36,7 @@ class RadosServerTest(unittest.TestCase):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start(self, ns):
-        server = Server(os.path.join(self.tmp, "server"), store=f"rados://sessions?conf={self.conf}"
-                        f"&ns={ns}")
+        server = Server(os.path.join(self.tmp, "server"), store=self.cluster.url(ns))
         self.servers.append(server)
         return server
 

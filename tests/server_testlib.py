@@ -231,3 +231,49 @@ def turns_alone(stub, session_id, texts, max_tokens=20, config=None):
     ids = [stream.turn(t, max_tokens=max_tokens)[0] for t in texts]
     stream.finish()
     return ids
+
+
+CLUSTER_SCRIPT = os.path.join(ROOT, "scripts", "cluster")
+
+
+def have_ceph():
+    import shutil
+    return all(shutil.which(b) for b in ("ceph-mon", "ceph-osd", "ceph", "rados"))
+
+
+class CephCluster:
+    """A throwaway Ceph cluster (scripts/cluster): one mon and `osds` memstore
+    OSDs as processes of this test, stopped by the pids the script recorded."""
+
+    def __init__(self, osds=3, pool_size=1):
+        import shutil
+        # Short: the daemons' admin sockets live in it (107-byte path limit).
+        self.dir = tempfile.mkdtemp(prefix="ss-ceph-", dir="/tmp")
+        out = subprocess.run([CLUSTER_SCRIPT, "start", self.dir, "--osds", str(osds),
+                              "--pool-size", str(pool_size)],
+                             capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise RuntimeError(f"scripts/cluster start failed: {out.stderr}")
+        self.conf = out.stdout.strip().splitlines()[-1]
+
+    def url(self, namespace):
+        """The --store URL of `namespace` in the pool `sessions`."""
+        return f"rados://sessions?conf={self.conf}&ns={namespace}"
+
+    def rados(self, namespace, *args):
+        """`rados` on the pool `sessions`, namespace `namespace`: stdout."""
+        out = subprocess.run(["rados", "-c", self.conf, "-p", "sessions", "-N", namespace,
+                              *args], capture_output=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"rados {args}: {out.stderr.decode()}")
+        return out.stdout
+
+    def script(self, *args):
+        return subprocess.run([CLUSTER_SCRIPT, *args[:1], self.dir, *args[1:]],
+                              capture_output=True, text=True, timeout=180)
+
+    def stop(self):
+        import shutil
+        subprocess.run([CLUSTER_SCRIPT, "stop", self.dir], timeout=180)
+        shutil.rmtree(self.dir, ignore_errors=True)

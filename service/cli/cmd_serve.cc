@@ -49,6 +49,12 @@ int RunServe(const std::vector<std::string>& args) {
       {"db", FlagKind::kString, "",
        "session store directory (created if missing); `none` keeps nothing: sessions live "
        "only in memory and are gone when they leave it (benchmarks; ./none for a directory)"},
+      {"lease-seconds", FlagKind::kDouble, "2",
+       "with --store: how long a session's lease lasts unrenewed (how long a replica that "
+       "stops answering keeps its sessions; a dead one loses them at once)"},
+      {"advertise-address", FlagKind::kString, "",
+       "with --store: host:port where the other replicas reach this one for session "
+       "handoffs; empty = --listen (an unspecified host becomes the host name)"},
       {"listen", FlagKind::kString, "127.0.0.1:50051", "gRPC listen address"},
       {"metrics-listen", FlagKind::kString, "", "Prometheus /metrics address; empty = off"},
       {"threads", FlagKind::kInt, "0", "CPU threads of the decoder; 0 = one per core"},
@@ -157,6 +163,13 @@ int RunServe(const std::vector<std::string>& args) {
   options.db = flags.GetString("db");
   options.store = flags.GetString("store");
   options.listen = flags.GetString("listen");
+  options.advertise_address = flags.GetString("advertise-address");
+  const double lease_seconds = flags.GetDouble("lease-seconds");
+  if (!(lease_seconds >= 0.3 && lease_seconds <= 3600)) {
+    std::cerr << "sinkserve serve: --lease-seconds must be in [0.3, 3600]\n";
+    return 2;
+  }
+  options.lease = absl::Seconds(lease_seconds);
   options.metrics_listen = flags.GetString("metrics-listen");
   options.max_message_bytes = flags.GetInt("max-message-bytes");
   options.sync = flags.GetBool("sync");

@@ -123,6 +123,16 @@ void ChatStream::Drain() {
   if (!turn_active_ && !opening_) FinishLocked(ShuttingDown());
 }
 
+void ChatStream::Abort(const std::string& session_id, const grpc::Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (session_id_ != session_id) return;
+    FinishLocked(status);
+  }
+  // A turn paused on a full output buffer ends at the next step: run one.
+  service_->core().scheduler->Wake();
+}
+
 void ChatStream::OnReadDone(bool ok) {
   std::unique_lock<std::mutex> lock(mu_);
   if (!ok) {
@@ -162,9 +172,15 @@ void ChatStream::OnReadDone(bool ok) {
       opening_ = true;
       v1::OpenSession open = std::move(*request.mutable_open());
       lock.unlock();
-      // The next read starts once the session is attached.
-      core.scheduler->Post(
-          [self = shared_from_this(), open = std::move(open)] { self->DoOpen(open); });
+      // This server must own the session first (with a shared store that
+      // may take a handoff); the next read starts once it is attached.
+      const std::string id = open.session_id();
+      core.ownership->Claim(
+          id, [self = shared_from_this(), open = std::move(open)](
+                  const absl::StatusOr<memory::Acquired>& owned) mutable {
+            self->service_->core().scheduler->Post(
+                [self, open = std::move(open), owned] { self->DoOpen(open, owned); });
+          });
       return;
     }
     case v1::ChatRequest::kTurn: {
@@ -212,10 +228,17 @@ void ChatStream::OnReadDone(bool ok) {
   }
 }
 
-void ChatStream::DoOpen(const v1::OpenSession& open) {
+void ChatStream::DoOpen(const v1::OpenSession& open,
+                        const absl::StatusOr<memory::Acquired>& owned) {
   const ServingCore& core = service_->core();
-  absl::StatusOr<AttachResult> attached =
-      core.sessions->Attach(open.session_id(), open.create_if_missing(), open.config());
+  absl::StatusOr<AttachResult> attached = absl::UnknownError("unclaimed");
+  if (owned.ok()) {
+    // It moved here from another server: a copy in memory is stale.
+    if (owned->cause != memory::AcquireCause::kHeld) core.sessions->Evict(open.session_id());
+    attached = core.sessions->Attach(open.session_id(), open.create_if_missing(), open.config());
+  } else {
+    attached = owned.status();
+  }
   if (attached.ok()) {
     if (absl::Status fits = CheckFreshSessionFits(*attached->session); !fits.ok()) {
       // Refused before any turn could fail on it; a session this open just
@@ -229,6 +252,8 @@ void ChatStream::DoOpen(const v1::OpenSession& open) {
       attached = fits;
     }
   }
+  // Attached, the session holds the lease while in memory.
+  core.ownership->Unclaim(open.session_id());
   v1::ChatResponse response;
   if (attached.ok()) {
     v1::SessionOpened* opened = response.mutable_opened();

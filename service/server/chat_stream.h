@@ -51,6 +51,9 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
 
   // The server is draining: end the stream now if idle, else after its turn.
   void Drain();
+  // If the stream is attached to `session_id`: ends it with `status` (its
+  // running turn is cancelled, the session detaches once the turn ended).
+  void Abort(const std::string& session_id, const grpc::Status& status);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -67,7 +70,8 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
       : service_(service), routing_id_(std::move(routing_id)) {}
 
   // Scheduler thread.
-  void DoOpen(const v1::OpenSession& open);
+  // `owned`: the outcome of claiming the session (SessionOwnership).
+  void DoOpen(const v1::OpenSession& open, const absl::StatusOr<memory::Acquired>& owned);
   void DoTurn(const v1::UserTurn& turn, std::chrono::steady_clock::time_point received);
   // Answers a turn that already completed (same turn_id) from the session's
   // stored result, once everything checkpointed so far is durable.

@@ -1,7 +1,8 @@
 #include "service/server/server.h"
 
-#include <algorithm>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -12,12 +13,12 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include <optional>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "memory/null_session_store.h"
 #include "memory/rados_session_store.h"
-#include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/support/server_interceptor.h"
@@ -74,6 +75,18 @@ class EarlyHealthGate : public grpc::experimental::ServerInterceptorFactoryInter
  private:
   std::atomic<bool> closed_{false};
 };
+
+// Where other replicas reach this one: `advertise`, else the listen
+// address with its real port and, for an unspecified host, the host name.
+std::string AdvertiseAddress(const std::string& advertise, const std::string& listen, int port) {
+  if (!advertise.empty()) return advertise;
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") {
+    char name[256] = {};
+    host = ::gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
+  }
+  return absl::StrCat(host, ":", port);
+}
 
 }  // namespace
 
@@ -138,6 +151,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
   builder.RegisterService(server->service_.get());
+  if (rados) {
+    // Handoffs between replicas, on the same port (answered once serving).
+    server->handoff_ = std::make_unique<HandoffService>(server->service_.get());
+    builder.RegisterService(server->handoff_.get());
+  }
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   auto gate = std::make_unique<EarlyHealthGate>();
   EarlyHealthGate* early_health = gate.get();  // owned by the grpc::Server
@@ -159,7 +177,26 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   // Durability is the checkpoint writers': they sync the store once for each
   // group of checkpoints they write (group commit) instead of per write.
   if (rados) {
-    SINKSERVE_ASSIGN_OR_RETURN(server->store_, memory::RadosSessionStore::Open(*rados));
+    SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<memory::RadosSessionStore> store,
+                               memory::RadosSessionStore::Open(*rados));
+    server->rados_ = store.get();
+    server->store_ = std::move(store);
+    memory::RadosLeaseOptions lease_options;
+    lease_options.duration = options.lease;
+    lease_options.address =
+        AdvertiseAddress(options.advertise_address, options.listen, server->port_);
+    server->handoff_client_ = std::make_unique<HandoffClient>();
+    lease_options.handoff = server->handoff_client_->AsFn();
+    // Long enough for an owner to end a turn and write its checkpoint, short
+    // enough that a silent owner costs little more than its lease.
+    lease_options.handoff_timeout =
+        std::clamp(options.lease * 0.75, absl::Milliseconds(300), absl::Seconds(5));
+    Server* self = server.get();
+    lease_options.on_lost = [self](const std::string& id) { self->PostEvict(id); };
+    SINKSERVE_ASSIGN_OR_RETURN(server->leases_,
+                               memory::RadosLeases::Start(server->rados_, lease_options));
+    ServerLog("session leases of ", absl::FormatDuration(options.lease), "; handoffs reach ",
+              lease_options.address);
   } else if (options.db == kNoStore) {
     server->store_ = std::make_unique<memory::NullSessionStore>();
   } else {
@@ -170,8 +207,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     server->rocksdb_ = rocksdb.get();
     server->store_ = std::move(rocksdb);
   }
+  server->ownership_ =
+      std::make_unique<SessionOwnership>(server->leases_.get(), server->metrics_.get());
   SessionManagerOptions session_options = options.sessions;
   session_options.sync = options.sync;
+  session_options.on_resident = [ownership = server->ownership_.get()](const std::string& id,
+                                                                       bool resident) {
+    ownership->SetResident(id, resident);
+  };
+  session_options.on_fenced = [self = server.get()](const std::string& id) {
+    self->PostEvict(id);
+  };
   // The scheduler exists only later; writers may call this before and after.
   auto scheduler_slot = std::make_shared<std::atomic<Scheduler*>>(nullptr);
   session_options.on_checkpoint_room = [scheduler_slot] {
@@ -202,9 +248,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   core.encoder = server->encoder_.get();
   core.sessions = server->sessions_.get();
   core.scheduler = server->scheduler_.get();
+  core.ownership = server->ownership_.get();
   core.metrics = server->metrics_.get();
   core.limits = options.limits;
   server->service_->SetServing(core);
+  if (server->leases_ != nullptr) {
+    server->handoff_->Enable(server->leases_->cookie(), options.lease * 0.6);
+    server->StartReporter();
+  }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   return server;
 }
@@ -230,6 +281,40 @@ void Server::StopSweeper() {
   if (!sweeper_.joinable()) return;
   stop_sweeper_.Notify();
   sweeper_.join();
+}
+
+void Server::StartReporter() {
+  reporter_ = std::thread([this] {
+    do {
+      const memory::LeaseStats lease = leases_->stats();
+      Metrics::OwnershipTotals totals;
+      totals.owned = lease.owned;
+      totals.renewals = lease.renewals;
+      totals.renewal_errors = lease.renewal_errors;
+      totals.losses = lease.lost;
+      totals.releases = lease.released;
+      totals.fenced_writes = rados_->stats().fenced_writes;
+      metrics_->SetOwnership(totals);
+    } while (!stop_reporter_.WaitForNotificationWithTimeout(absl::Milliseconds(250)));
+  });
+}
+
+void Server::StopReporter() {
+  if (!reporter_.joinable()) return;
+  stop_reporter_.Notify();
+  reporter_.join();
+}
+
+void Server::PostEvict(const std::string& id) {
+  std::lock_guard<std::mutex> lock(evict_mu_);
+  Scheduler* scheduler = scheduler_slot_ != nullptr ? scheduler_slot_->load() : nullptr;
+  if (!accept_evicts_ || scheduler == nullptr) return;
+  scheduler->Post([this, id] {
+    sessions_->Evict(id);
+    service_->EndStreamsOf(
+        id, grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                         absl::StrCat("session ", id, " is owned by another server now; retry")));
+  });
 }
 
 absl::Status Server::Drain(absl::Duration grace) {
@@ -265,8 +350,19 @@ absl::Status Server::Drain(absl::Duration grace) {
   scheduler_->Post([&] { saved.set_value(sessions_->CheckpointAll()); });
   absl::Status status = saved_status.get();
   if (!status.ok()) ServerLog("checkpoint during drain failed: ", status.ToString());
+  if (leases_ != nullptr) {
+    // Every session is durable: the replicas that get them next need not
+    // wait for a lease (a rolling restart moves sessions at once).
+    StopReporter();
+    if (absl::Status released = leases_->ReleaseAll(); !released.ok()) {
+      ServerLog("releasing session leases: ", released.ToString());
+    } else {
+      ServerLog("released every session lease");
+    }
+  }
 
   service_->StartDrain();  // streams whose turn just ended
+  if (handoff_ != nullptr) handoff_->Stop();
   grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   scheduler_->Stop();
   if (absl::Status flushed = rocksdb_ != nullptr ? rocksdb_->Flush() : absl::OkStatus();
@@ -283,14 +379,24 @@ absl::Status Server::Drain(absl::Duration grace) {
 
 Server::~Server() {
   StopSweeper();
+  StopReporter();
+  if (handoff_ != nullptr) handoff_->Stop();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now());
     grpc_server_->Wait();
   }
+  // Claims still queued end (their opens run on the scheduler, still up).
+  if (ownership_ != nullptr) ownership_->Shutdown();
+  {
+    std::lock_guard<std::mutex> lock(evict_mu_);
+    accept_evicts_ = false;
+  }
   if (scheduler_ != nullptr) scheduler_->Stop();
   if (scheduler_slot_ != nullptr) scheduler_slot_->store(nullptr);
-  // Writes what is still queued while the store is open.
+  // Writes what is still queued while the store (and its fences) is open.
   sessions_.reset();
+  ownership_.reset();
+  leases_.reset();
 }
 
 }  // namespace sinkserve::service

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -15,13 +16,16 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "memory/rados_leases.h"
 #include "memory/rados_session_store.h"
 #include "memory/rocksdb_session_store.h"
 #include "service/chat_template.h"
 #include "service/metrics.h"
+#include "service/server/handoff.h"
 #include "service/server/scheduler.h"
 #include "service/server/serving_model.h"
 #include "service/server/session_manager.h"
+#include "service/server/session_ownership.h"
 #include "service/server/sinkserve_service.h"
 
 namespace sinkserve::service {
@@ -40,6 +44,15 @@ struct ServerOptions {
   // (memory::RadosSessionStore; several servers may use one pool). "" uses
   // `db`. Default: "".
   std::string store;
+  // With a shared store: how long a session's lease lasts unrenewed, i.e.
+  // how long sessions of a replica that stopped answering (paused,
+  // partitioned) wait before another replica takes them. A dead replica's
+  // sessions move at once. Default: 2 s.
+  absl::Duration lease = absl::Seconds(2);
+  // With a shared store: where the other replicas reach this one (host:port)
+  // to ask for a session. "" = the address listened on, with an unspecified
+  // host (0.0.0.0, [::]) replaced by this machine's host name. Default: "".
+  std::string advertise_address;
   // gRPC address; port 0 picks a free one (see Server::port()).
   // Default: "127.0.0.1:50051".
   std::string listen = "127.0.0.1:50051";
@@ -84,6 +97,11 @@ class Server {
   // no request comes; none for a zero timeout.
   void StartSweeper(absl::Duration idle_timeout);
   void StopSweeper();
+  // Shared store: publishes the lease and fencing totals 4 times a second.
+  void StartReporter();
+  void StopReporter();
+  // Another server owns `id` now: drop it here, end its stream.
+  void PostEvict(const std::string& id);
 
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<SinkServeService> service_;
@@ -92,12 +110,22 @@ class Server {
   std::unique_ptr<TurnEncoder> encoder_;
   std::unique_ptr<memory::SessionStore> store_;
   memory::RocksDbSessionStore* rocksdb_ = nullptr;  // store_, when it is one
+  memory::RadosSessionStore* rados_ = nullptr;       // store_, when it is one
+  // Shared store only: leases, the handoff client and service.
+  std::unique_ptr<HandoffClient> handoff_client_;
+  std::unique_ptr<HandoffService> handoff_;
+  std::unique_ptr<memory::RadosLeases> leases_;
+  std::unique_ptr<SessionOwnership> ownership_;
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<Scheduler> scheduler_;
   // What the checkpoint writers wake when they have room again.
   std::shared_ptr<std::atomic<Scheduler*>> scheduler_slot_;
   std::thread sweeper_;
   absl::Notification stop_sweeper_;
+  std::thread reporter_;
+  absl::Notification stop_reporter_;
+  std::mutex evict_mu_;
+  bool accept_evicts_ = true;  // guarded by evict_mu_
   int port_ = 0;
   bool drained_ = false;
 };

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "memory/session_leases.h"
 #include "memory/session_state.h"
 #include "memory/status_macros.h"
 #include "service/server/log.h"
@@ -235,6 +236,14 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
                                                     const v1::SessionConfig& config) {
   SINKSERVE_RETURN_IF_ERROR(memory::ValidateSessionId(id));
   AttachResult result;
+  if (auto it = sessions_.find(id); it != sessions_.end() && it->second.evicted) {
+    if (it->second.attached || pipeline_->Busy(id)) {
+      return absl::UnavailableError(absl::StrCat(
+          "session ", id, " moved to another server and its stale copy is still leaving this "
+          "one; retry"));
+    }
+    Erase(it);
+  }
   if (auto it = sessions_.find(id); it != sessions_.end()) {
     if (it->second.attached) {
       return absl::FailedPreconditionError(
@@ -246,12 +255,14 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
     SweepAndLog();
     return result;
   }
+  const absl::Time load_start = absl::Now();
   absl::StatusOr<memory::LoadedSession> loaded = store_->Load(id, model_->fingerprint);
   if (loaded.ok()) {
     SINKSERVE_RETURN_IF_ERROR(MakeRoom());
     SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Session> session,
                                engine::Session::Restore(model_->backend.get(), model_->fingerprint,
                                                         std::move(loaded->state), loaded->version));
+    if (metrics_ != nullptr) metrics_->ObserveRestore(absl::ToDoubleSeconds(absl::Now() - load_start));
     result.session = session.get();
     result.restored = true;
     Insert(std::move(session), /*attached=*/true);
@@ -276,6 +287,10 @@ void SessionManager::Detach(const std::string& id) {
   if (it == sessions_.end() || !it->second.attached) return;
   it->second.attached = false;
   it->second.lru = lru_.insert(lru_.end(), id);
+  if (it->second.evicted) {
+    TryDrop(it);
+    return;
+  }
   it->second.last_used = options_.clock();
   // Over the limit while everything was attached: shrink now.
   if (static_cast<int>(sessions_.size()) > options_.max_sessions_in_memory) {
@@ -353,9 +368,7 @@ absl::Status SessionManager::Delete(const std::string& id) {
     }
     // Its checkpoints still being written would land after the delete.
     pipeline_->Flush(id);
-    lru_.erase(it->second.lru);
-    memory_bytes_ -= it->second.bytes;
-    sessions_.erase(it);
+    Erase(it);
     in_memory = true;
   }
   pipeline_->Forget(id);
@@ -403,8 +416,9 @@ void SessionManager::SubmitCheckpoint(engine::Session* session,
   memory::CheckpointPipeline* pipeline = pipeline_.get();
   pipeline_->Submit(
       std::move(*captured),
-      [metrics, pipeline, done = std::move(done)](
-          const absl::StatusOr<memory::CheckpointOutcome>& outcome) {
+      [metrics, pipeline, id = session->id(), on_fenced = options_.on_fenced,
+       done = std::move(done)](const absl::StatusOr<memory::CheckpointOutcome>& outcome) {
+        if (!outcome.ok() && memory::IsFenced(outcome.status()) && on_fenced) on_fenced(id);
         if (metrics != nullptr) {
           if (outcome.ok() && outcome->wrote) {
             metrics->ObserveCheckpoint(absl::ToDoubleSeconds(outcome->result.latency),
@@ -469,17 +483,44 @@ bool SessionManager::TryDrop(std::map<std::string, Entry>::iterator it) {
   engine::Session* session = it->second.session.get();
   const std::string& id = it->first;
   if (pipeline_->Busy(id)) return false;
-  if (session->dirty() || pipeline_->NeedsFull(id)) {
+  if (!it->second.evicted && (session->dirty() || pipeline_->NeedsFull(id))) {
     SubmitCheckpoint(session, [id](const absl::Status& s) {
       if (!s.ok()) ServerLog("checkpoint of idle session ", id, " failed: ", s.ToString());
     });
     return false;
   }
   pipeline_->Forget(id);
-  lru_.erase(it->second.lru);
+  Erase(it);
+  return true;
+}
+
+void SessionManager::Erase(std::map<std::string, Entry>::iterator it) {
+  const std::string id = it->first;
+  if (!it->second.attached) lru_.erase(it->second.lru);
   memory_bytes_ -= it->second.bytes;
   sessions_.erase(it);
-  return true;
+  evicted_.erase(id);
+  if (options_.on_resident) options_.on_resident(id, false);
+}
+
+Surrender SessionManager::TrySurrender(const std::string& id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return Surrender::kGone;
+  if (it->second.attached) return Surrender::kAttached;
+  if (TryDrop(it)) {
+    UpdateGauges();
+    return Surrender::kGone;
+  }
+  return Surrender::kPending;
+}
+
+void SessionManager::Evict(const std::string& id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  if (!it->second.evicted) ServerLog("session ", id, " is owned by another server now: dropping it");
+  it->second.evicted = true;
+  evicted_.insert(id);
+  if (!it->second.attached && TryDrop(it)) UpdateGauges();
 }
 
 absl::Status SessionManager::MakeRoom() {
@@ -511,6 +552,11 @@ absl::Status SessionManager::DropIdle() {
   // lru_ is in order of last use, so the idle ones come first, then those
   // the memory budget drops.
   const size_t before = sessions_.size();
+  // Stale copies whose last (refused) write was still under way.
+  for (auto next = evicted_.begin(); next != evicted_.end();) {
+    auto it = sessions_.find(*next++);
+    if (!it->second.attached) TryDrop(it);
+  }
   for (auto next = lru_.begin(); next != lru_.end();) {
     const std::string& id = *next++;
     auto it = sessions_.find(id);
@@ -542,6 +588,7 @@ void SessionManager::Insert(std::unique_ptr<engine::Session> session, bool attac
   entry.last_used = options_.clock();
   if (!attached) entry.lru = lru_.insert(lru_.end(), id);
   UpdateGauges();
+  if (options_.on_resident) options_.on_resident(id, true);
 }
 
 void SessionManager::UpdateGauges() const {

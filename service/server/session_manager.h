@@ -19,6 +19,7 @@
 #include <functional>
 #include <list>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -87,6 +88,20 @@ struct SessionManagerOptions {
   // checkpoint_buffer_bytes again (wake whoever waits on AdmitTurns).
   // Default: none.
   std::function<void()> on_checkpoint_room;
+  // Runs (scheduler thread) when a session enters memory (true) and when it
+  // leaves it (false): what SessionOwnership holds leases for. Default: none.
+  std::function<void(const std::string& id, bool resident)> on_resident;
+  // Runs on a checkpoint writer when the store refused a checkpoint because
+  // another server owns the session now (memory::IsFenced): the caller
+  // evicts it. Default: none.
+  std::function<void(const std::string& id)> on_fenced;
+};
+
+// What TrySurrender found.
+enum class Surrender {
+  kGone,      // not in memory (any more): its checkpoints are durable
+  kPending,   // detached, its last checkpoint is being written: ask again
+  kAttached,  // a stream uses it: end that stream first
 };
 
 // Memory a session in memory holds: its K/V rows (capacity x layers x K and V
@@ -154,6 +169,14 @@ class SessionManager {
   // The stored chat template of a session ("raw", ...).
   absl::StatusOr<ChatTemplate> TemplateOf(const engine::Session& session) const;
 
+  // A handoff: drops the session from memory once detached and durable.
+  Surrender TrySurrender(const std::string& id);
+  // Another server owns the session now (its lease was lost, a write was
+  // fenced): its copy here is stale and is dropped without writing it —
+  // at once if detached, else when its stream detaches. It is never handed
+  // to a stream again.
+  void Evict(const std::string& id);
+
   // Drops detached sessions idle for idle_timeout, then detached ones beyond
   // max_session_memory_bytes, least recently used first. A session leaves
   // memory only once its last checkpoint is durable: a dirty one is
@@ -175,6 +198,7 @@ class SessionManager {
     std::list<std::string>::iterator lru;  // valid while detached
     absl::Time last_used;                   // when it was last detached
     int64_t bytes = 0;                      // SessionMemoryBytes
+    bool evicted = false;                   // stale: dropped unwritten
   };
 
   SessionManager(ServingModel* model, memory::SessionStore* store, Metrics* metrics,
@@ -205,6 +229,8 @@ class SessionManager {
   // SubmitCheckpoint, then waits until it is durable.
   absl::Status CheckpointSession(engine::Session* session);
   void Insert(std::unique_ptr<engine::Session> session, bool attached);
+  // Removes the session at `it` from memory (no checkpoint).
+  void Erase(std::map<std::string, Entry>::iterator it);
   void UpdateGauges() const;
 
   ServingModel* model_;
@@ -213,6 +239,7 @@ class SessionManager {
   SessionManagerOptions options_;
   std::map<std::string, Entry> sessions_;
   std::list<std::string> lru_;  // detached sessions, least recently used first
+  std::set<std::string> evicted_;  // evicted, still in memory
   int64_t stored_sessions_ = 0;
   int64_t memory_bytes_ = 0;  // SessionMemoryBytes summed over sessions_
   // Last: destroyed first, writing what is queued while the rest still lives.

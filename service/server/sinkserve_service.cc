@@ -55,6 +55,11 @@ int SinkServeService::open_streams() const {
   return static_cast<int>(streams_.size());
 }
 
+void SinkServeService::EndStreamsOf(const std::string& id, const grpc::Status& status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (ChatStream* stream : streams_) stream->Abort(id, status);
+}
+
 void SinkServeService::Unregister(ChatStream* stream) {
   std::lock_guard<std::mutex> lock(mu_);
   streams_.erase(stream);
@@ -95,13 +100,32 @@ void SinkServeService::RunUnary(grpc::ServerUnaryReactor* reactor,
   });
 }
 
+void SinkServeService::RunOwned(grpc::ServerUnaryReactor* reactor, const std::string& id,
+                                std::function<absl::Status()> work) {
+  core_.ownership->Claim(id, [this, reactor, id, work = std::move(work)](
+                                 const absl::StatusOr<memory::Acquired>& owned) mutable {
+    core_.scheduler->Post([this, reactor, id, owned, work = std::move(work)] {
+      absl::Status status = owned.status();
+      if (owned.ok()) {
+        // It moved here from another server: a copy in memory is stale.
+        if (owned->cause != memory::AcquireCause::kHeld) core_.sessions->Evict(id);
+        status = work();
+      }
+      core_.ownership->Unclaim(id);
+      grpc::Status grpc_status = ToGrpcStatus(status);
+      CountError(grpc_status);
+      reactor->Finish(grpc_status);
+    });
+  });
+}
+
 grpc::ServerUnaryReactor* SinkServeService::CreateSession(grpc::CallbackServerContext* context,
                                                           const v1::CreateSessionRequest* request,
                                                           v1::SessionInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
   if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
-  RunUnary(reactor, [this, request, response]() -> absl::Status {
+  RunOwned(reactor, request->session_id(), [this, request, response]() -> absl::Status {
     // Refused before it is stored: no turn of it could ever run. A bad
     // template name is left for CreateDetached to report.
     const v1::SessionConfig& config = request->config();
@@ -158,7 +182,7 @@ grpc::ServerUnaryReactor* SinkServeService::DeleteSession(grpc::CallbackServerCo
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
   if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
-  RunUnary(reactor, [this, request]() -> absl::Status {
+  RunOwned(reactor, request->session_id(), [this, request]() -> absl::Status {
     return core_.sessions->Delete(request->session_id());
   });
   return reactor;

@@ -19,6 +19,7 @@
 #include "service/server/scheduler.h"
 #include "service/server/serving_model.h"
 #include "service/server/session_manager.h"
+#include "service/server/session_ownership.h"
 #include "sinkserve/v1/sinkserve.grpc.pb.h"
 
 namespace sinkserve::service {
@@ -43,6 +44,7 @@ struct ServingCore {
   const TurnEncoder* encoder = nullptr;  // of model->tokenizer
   SessionManager* sessions = nullptr;  // scheduler thread only
   Scheduler* scheduler = nullptr;
+  SessionOwnership* ownership = nullptr;  // which sessions this server may serve
   Metrics* metrics = nullptr;  // may be null
   ServiceLimits limits;
 };
@@ -65,6 +67,8 @@ class SinkServeService final : public SinkServeServiceBase {
   bool serving() const { return state_.load() == kServing; }
   bool draining() const { return state_.load() == kDraining; }
   int open_streams() const;
+  // Ends the stream attached to session `id`, if any, with `status`.
+  void EndStreamsOf(const std::string& id, const grpc::Status& status);
 
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Chat(
       grpc::CallbackServerContext* context) override;
@@ -100,6 +104,9 @@ class SinkServeService final : public SinkServeServiceBase {
                        const std::string& session_id);
   // Runs `work` on the scheduler thread and finishes `reactor` with its status.
   void RunUnary(grpc::ServerUnaryReactor* reactor, std::function<absl::Status()> work);
+  // RunUnary for work that writes session `id`: this server claims it first.
+  void RunOwned(grpc::ServerUnaryReactor* reactor, const std::string& id,
+                std::function<absl::Status()> work);
 
   std::atomic<int> state_{kLoading};
   ServingCore core_;  // set before state_ becomes kServing

@@ -9,10 +9,8 @@ trial: a fresh session chats one turn through nginx; its owner (the replica
 whose log says it took the session) is killed with SIGKILL; the client
 retries the next turn at once (same turn_id rules as any client: retry on
 UNAVAILABLE) and the clock stops at its first token. The killed replica is
-started again on the same port before the next trial.
-
-With --pause, the owner is SIGSTOPped instead (a silent owner: its lease is
-waited out) and SIGCONTed after the trial.
+replaced by a new one on a new port (nginx reloads its list) before the
+next trial.
 
     SINKSERVE_BIN=build SINKSERVE_SHARED=../shared \\
         python3 tests/bench/failover_bench.py --trials 30 --lease-seconds 2
@@ -43,6 +41,16 @@ def percentile(values, q):
     return ordered[rank]
 
 
+def reload_upstreams(nginx, addresses):
+    """Rewrites nginx's replica list and reloads it (SIGHUP to its pid)."""
+    run_dir = os.path.dirname(nginx.error_log)
+    with open(os.path.join(run_dir, "sinkserve-upstreams.conf"), "w") as f:
+        for address in addresses:
+            f.write(f"server {address} max_fails=1 fail_timeout=30s;\n")
+    os.kill(nginx.proc.pid, signal.SIGHUP)
+    time.sleep(0.5)  # new workers up, old ones finishing
+
+
 def first_token_after(stub, session, text, turn_id):
     """Retries one turn until it streams; returns the time of its first token."""
     while True:
@@ -71,8 +79,6 @@ def main():
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--lease-seconds", default="2")
-    parser.add_argument("--pause", action="store_true",
-                        help="SIGSTOP the owner instead of SIGKILL (lease waited out)")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="failover-bench-")
@@ -95,23 +101,20 @@ def main():
                          if f"took over session {session} " in r.log())
             victim = replicas[owner]
             start = time.monotonic()
-            if args.pause:
-                os.kill(victim.proc.pid, signal.SIGSTOP)
-            else:
-                victim.kill()
+            victim.kill()
             first = first_token_after(nginx.stub, session, " The dog barked.", f"{session}/1")
             times.append(first - start)
-            if args.pause:
-                os.kill(victim.proc.pid, signal.SIGCONT)
-            else:
-                victim.close()
-                replicas[owner] = Server(os.path.join(tmp, f"r{owner}-{trial}"), *extra,
-                                         store=url, listen=victim.address)
+            victim.close()
+            # A replacement on a new port, as a new pod gets a new IP;
+            # nginx reloads its upstream list (what the Kubernetes
+            # manifest's reloader does), which also clears its failure marks.
+            replicas[owner] = Server(os.path.join(tmp, f"r{owner}-{trial}"), *extra,
+                                     store=url)
+            reload_upstreams(nginx, [r.address for r in replicas])
             print(f"trial {trial + 1}/{args.trials}: owner r{owner}, "
                   f"{1e3 * times[-1]:.0f} ms to the first token", flush=True)
         ms = [1e3 * t for t in times]
-        how = "SIGSTOP" if args.pause else "kill -9"
-        print(f"\n{how} of the owner -> first token of the retried turn, "
+        print(f"\nkill -9 of the owner -> first token of the retried turn, "
               f"{args.replicas} replicas, lease {args.lease_seconds} s, {len(ms)} trials: "
               f"median {statistics.median(ms):.0f} ms, p99 {percentile(ms, 99):.0f} ms, "
               f"max {max(ms):.0f} ms")
@@ -119,8 +122,6 @@ def main():
         if nginx is not None:
             nginx.stop()
         for r in replicas:
-            if r.proc.poll() is None:
-                os.kill(r.proc.pid, signal.SIGCONT)
             r.close()
         cluster.stop()
 

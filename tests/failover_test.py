@@ -8,6 +8,9 @@ Every process is started here and stopped by its pid.
   session finishes its 6 turns (clients retry with the same turn_id) and
   its text equals the same conversation on a single server: nothing lost,
   nothing run twice.
+- Scale 3 -> 4 -> 2 replicas (nginx reloads its list; the two that leave
+  are SIGTERMed and drain) while 16 sessions chat: sessions move to the
+  newcomer by live handoffs and off the drained ones, nothing is lost.
 - SIGSTOP of a session's owner: another replica waits its lease out, takes
   the session and runs a turn; the first one, resumed, tries to write the
   session and RADOS refuses it (the epoch moved): the metric counts it and
@@ -93,21 +96,22 @@ class FailoverTest(unittest.TestCase):
         self.servers.append(server)
         return server
 
-    def test_kill9_mid_run_loses_and_repeats_no_turn(self):
-        # The reference: each conversation alone on one server.
-        single = self.replica("single")
+    def reference(self, sessions):
+        """Each conversation alone on one server: its turns' token ids."""
+        single = self.replica(f"single-{sessions}")
         want = {}
-        for s in range(SESSIONS):
+        for s in range(sessions):
             name = f"s{s}"
             want[name] = [run_turn(single.stub, name, t)[0] for t in range(TURNS)]
         self.assertEqual(single.terminate(), 0)
+        return want
 
-        replicas = [self.replica("scaled") for _ in range(3)]
-        self.nginx = Nginx(os.path.join(self.tmp, "nginx"), [r.address for r in replicas])
-        done = []
-        got = {f"s{s}": [] for s in range(SESSIONS)}
-        retries = []
-        errors = []
+    def start_conversations(self, sessions, think=0.0):
+        """Threads chatting TURNS turns per session through nginx, retrying
+        each turn with its turn_id and waiting `think` seconds between turns;
+        returns (threads, got, done, retries, errors)."""
+        done, retries, errors = [], [], []
+        got = {f"s{s}": [] for s in range(sessions)}
         lock = threading.Lock()
 
         def converse(name):
@@ -126,13 +130,79 @@ class FailoverTest(unittest.TestCase):
                     with lock:
                         got[name].append(ids)
                         done.append((name, t))
+                    time.sleep(think)
             except Exception as e:  # reported by the main thread
                 with lock:
                     errors.append((name, repr(e)))
 
-        threads = [threading.Thread(target=converse, args=(f"s{s}",)) for s in range(SESSIONS)]
+        threads = [threading.Thread(target=converse, args=(name,)) for name in got]
         for th in threads:
             th.start()
+        return threads, got, done, retries, errors
+
+    def wait_for(self, done, count, errors):
+        deadline = time.time() + 120
+        while len(done) < count and time.time() < deadline and not errors:
+            time.sleep(0.01)
+
+    def reload_nginx(self, addresses):
+        """Rewrites nginx's replica list and reloads it (SIGHUP to its pid)."""
+        run_dir = os.path.dirname(self.nginx.error_log)
+        with open(os.path.join(run_dir, "sinkserve-upstreams.conf"), "w") as f:
+            for address in addresses:
+                f.write(f"server {address} max_fails=1 fail_timeout=30s;\n")
+        os.kill(self.nginx.proc.pid, signal.SIGHUP)
+        time.sleep(0.5)  # new workers up
+
+    def test_scale_3_to_4_to_2_moves_sessions_and_loses_no_turn(self):
+        sessions = 16
+        want = self.reference(sessions)
+        replicas = [self.replica("scale") for _ in range(3)]
+        self.nginx = Nginx(os.path.join(self.tmp, "nginx"), [r.address for r in replicas])
+        # Users who think between turns: the ring changes twice mid-run.
+        threads, got, done, retries, errors = self.start_conversations(sessions, think=0.5)
+        total = sessions * TURNS
+        self.wait_for(done, total // 3, errors)
+        # Scale up: a fourth replica joins the ring; the sessions that now
+        # map to it are handed over by their live owners.
+        replicas.append(self.replica("scale"))
+        self.reload_nginx([r.address for r in replicas])
+        self.wait_for(done, 2 * total // 3, errors)
+        up_at = len(done)
+        # Scale down to two: out of the ring first, then SIGTERM (drain:
+        # checkpoint, release every lease).
+        leaving, replicas = replicas[:2], replicas[2:]
+        newcomer = replicas[-1]
+        held_by_leaving = sum(metric(r, "sinkserve_sessions_owned") for r in leaving)
+        self.reload_nginx([r.address for r in replicas])
+        for r in leaving:
+            self.assertEqual(r.terminate(), 0)
+        for th in threads:
+            th.join(timeout=180)
+        self.assertFalse(any(th.is_alive() for th in threads), "a conversation hung")
+        self.assertEqual(errors, [])
+        self.assertLess(up_at, total, "the scale-down came after the run")
+        for name in want:
+            self.assertEqual(got[name], want[name], name)
+            info = self.nginx.stub.GetSession(pb.GetSessionRequest(session_id=name),
+                                              metadata=routed(name))
+            self.assertEqual(info.rounds, TURNS, name)
+        # Sessions moved: the newcomer got sessions that existed before it
+        # (handed off by live owners, or released by drained ones), and the
+        # two that left held sessions when they left.
+        causes = {c: metric(newcomer, "sinkserve_session_takeover_seconds_count", cause=c)
+                  for c in ("free", "handed_off", "owner_gone", "expired")}
+        self.assertGreater(sum(causes.values()), 0, causes)
+        self.assertGreater(held_by_leaving, 0)
+        print(f"\nscale 3 -> 4 -> 2: {len(retries)} retries; the leaving two held "
+              f"{held_by_leaving:.0f} sessions; the newcomer took, by cause: {causes}")
+
+    def test_kill9_mid_run_loses_and_repeats_no_turn(self):
+        want = self.reference(SESSIONS)
+        replicas = [self.replica("scaled") for _ in range(3)]
+        self.nginx = Nginx(os.path.join(self.tmp, "nginx"), [r.address for r in replicas])
+        threads, got, done, retries, errors = self.start_conversations(SESSIONS)
+
         # Mid-run: kill -9 the replica that owns the most sessions now.
         deadline = time.time() + 120
         while len(done) < SESSIONS * TURNS // 2 and time.time() < deadline and not errors:

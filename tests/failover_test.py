@@ -11,6 +11,10 @@ Every process is started here and stopped by its pid.
 - Scale 3 -> 4 -> 2 replicas (nginx reloads its list; the two that leave
   are SIGTERMed and drain) while 16 sessions chat: sessions move to the
   newcomer by live handoffs and off the drained ones, nothing is lost.
+- Store faults (pool size 2): one OSD killed, turns keep completing; every
+  OSD stopped, a turn fails with UNAVAILABLE in the store's op timeout (no
+  crash, no hang) and, retried with its turn_id once they are back,
+  completes once.
 - SIGSTOP of a session's owner: another replica waits its lease out, takes
   the session and runs a turn; the first one, resumed, tries to write the
   session and RADOS refuses it (the epoch moved): the metric counts it and
@@ -293,6 +297,80 @@ class FailoverTest(unittest.TestCase):
             metric(a, "sinkserve_session_takeover_seconds_count", cause="handed_off"), 1)
         print(f"\ntakeover of a paused owner's session: {took:.2f} s "
               f"(lease {LEASE_SECONDS} s); first turn {len(first)} tokens")
+
+
+@unittest.skipUnless(have_ceph(), "Ceph binaries missing: run scripts/setup")
+class StoreFaultsTest(unittest.TestCase):
+    """Pool size 2 on three OSDs: one OSD lost, then the whole store away."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = CephCluster(osds=3, pool_size=2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="sinkserve-faults-")
+        self.servers = []
+
+    def tearDown(self):
+        for s in self.servers:
+            s.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def server(self, namespace):
+        server = Server(os.path.join(self.tmp, f"r{len(self.servers)}"), "--default-policy",
+                        POLICY, "--lease-seconds", LEASE_SECONDS, store=self.cluster.url(namespace))
+        self.servers.append(server)
+        return server
+
+    def osds(self, action, *ids):
+        for i in ids:
+            out = self.cluster.script(action, str(i))
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+
+    def test_turns_survive_an_osd_and_fail_fast_without_the_store(self):
+        name = "faulty"
+        single = self.server("faults-single")
+        want = [run_turn(single.stub, name, t)[0] for t in range(5)]
+        self.assertEqual(single.terminate(), 0)
+
+        server = self.server("faults")
+        got = [run_turn(server.stub, name, 0, metadata=routed(name))[0]]
+        # One OSD gone (its copies with it): the other copy serves.
+        self.osds("kill-osd", 1)
+        for t in (1, 2):
+            got.append(run_turn(server.stub, name, t, metadata=routed(name))[0])
+        # The whole store away: a turn fails with UNAVAILABLE in about the
+        # store's op timeout (10 s), no crash, no hang.
+        self.osds("stop-osd", 0, 2)
+        start = time.time()
+        with self.assertRaises(grpc.RpcError) as failed:
+            run_turn(server.stub, name, 3, metadata=routed(name))
+        took = time.time() - start
+        self.assertEqual(failed.exception.code(), grpc.StatusCode.UNAVAILABLE,
+                         failed.exception.details())
+        self.assertLess(took, 30)
+        self.assertIsNone(server.proc.poll())
+        # Back: the same turn, retried with its turn_id, completes once.
+        self.osds("start-osd", 0, 2)
+        deadline = time.time() + 120
+        while True:
+            try:
+                got.append(run_turn(server.stub, name, 3, metadata=routed(name))[0])
+                break
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE or time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        got.append(run_turn(server.stub, name, 4, metadata=routed(name))[0])
+        self.assertEqual(got, want)
+        info = server.stub.GetSession(pb.GetSessionRequest(session_id=name),
+                                      metadata=routed(name))
+        self.assertEqual(info.rounds, 5)
+        print(f"\nstore away: the turn failed after {took:.1f} s")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ int RunServe(const std::vector<std::string>& args) {
   std::vector<FlagSpec> specs = {
       {"model", FlagKind::kString, "", "GGUF model file"},
       {"store", FlagKind::kString, "",
-       "a store shared by several servers instead of --db: rados://POOL?conf=PATH[&ns=NAMESPACE] "
-       "(Ceph RADOS)"},
+       "a store shared by several servers instead of --db: "
+       "rados://POOL?conf=PATH[&ns=NAMESPACE][&id=CLIENT] (Ceph RADOS)"},
       {"db", FlagKind::kString, "",
        "session store directory (created if missing); `none` keeps nothing: sessions live "
        "only in memory and are gone when they leave it (benchmarks; ./none for a directory)"},

@@ -40,7 +40,7 @@ struct ServerOptions {
   // durable (sessions live in memory only; for benchmarks). Default: ""
   // (required).
   std::string db;
-  // A shared store instead of `db`: "rados://POOL?conf=PATH[&ns=NAMESPACE]"
+  // A shared store instead of `db`: "rados://POOL?conf=PATH[&ns=NAMESPACE][&id=CLIENT]"
   // (memory::RadosSessionStore; several servers may use one pool). "" uses
   // `db`. Default: "".
   std::string store;

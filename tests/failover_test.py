@@ -22,9 +22,7 @@ Every process is started here and stopped by its pid.
 """
 
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import unittest
@@ -32,7 +30,7 @@ import unittest
 import grpc
 
 from replicas_test import NGINX, Nginx
-from server_testlib import (CephCluster, Server, Stream, have_ceph, metrics, pb, routed)
+from server_testlib import CephServerTest, Stream, have_ceph, metrics, pb, routed
 
 POLICY = "streaming(4,60)"
 LEASE_SECONDS = "1"
@@ -69,36 +67,19 @@ def metric(server, name, **labels):
 
 @unittest.skipUnless(have_ceph(), "Ceph binaries missing: run scripts/setup")
 @unittest.skipIf(NGINX is None, "nginx is not installed (scripts/setup)")
-class FailoverTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = CephCluster()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.stop()
-
+class FailoverTest(CephServerTest):
     def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="sinkserve-failover-")
-        self.servers = []
+        super().setUp()
         self.nginx = None
 
     def tearDown(self):
         if self.nginx is not None:
             self.nginx.stop()
-        for s in self.servers:
-            if s.proc.poll() is None:
-                os.kill(s.proc.pid, signal.SIGCONT)  # a test that failed while it was paused
-            s.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        super().tearDown()
 
     def replica(self, namespace, *extra):
-        server = Server(os.path.join(self.tmp, f"r{len(self.servers)}"), "--default-policy",
-                        POLICY, "--lease-seconds", LEASE_SECONDS,
-                        "--metrics-listen", "127.0.0.1:0", *extra,
-                        store=self.cluster.url(namespace))
-        self.servers.append(server)
-        return server
+        return self.start_server(namespace, "--default-policy", POLICY, "--lease-seconds",
+                                 LEASE_SECONDS, "--metrics-listen", "127.0.0.1:0", *extra)
 
     def reference(self, sessions):
         """Each conversation alone on one server: its turns' token ids."""
@@ -149,15 +130,6 @@ class FailoverTest(unittest.TestCase):
         while len(done) < count and time.time() < deadline and not errors:
             time.sleep(0.01)
 
-    def reload_nginx(self, addresses):
-        """Rewrites nginx's replica list and reloads it (SIGHUP to its pid)."""
-        run_dir = os.path.dirname(self.nginx.error_log)
-        with open(os.path.join(run_dir, "sinkserve-upstreams.conf"), "w") as f:
-            for address in addresses:
-                f.write(f"server {address} max_fails=1 fail_timeout=30s;\n")
-        os.kill(self.nginx.proc.pid, signal.SIGHUP)
-        time.sleep(0.5)  # new workers up
-
     def test_scale_3_to_4_to_2_moves_sessions_and_loses_no_turn(self):
         sessions = 16
         want = self.reference(sessions)
@@ -170,7 +142,7 @@ class FailoverTest(unittest.TestCase):
         # Scale up: a fourth replica joins the ring; the sessions that now
         # map to it are handed over by their live owners.
         replicas.append(self.replica("scale"))
-        self.reload_nginx([r.address for r in replicas])
+        self.nginx.set_upstreams([r.address for r in replicas])
         self.wait_for(done, 2 * total // 3, errors)
         up_at = len(done)
         # Scale down to two: out of the ring first, then SIGTERM (drain:
@@ -178,7 +150,7 @@ class FailoverTest(unittest.TestCase):
         leaving, replicas = replicas[:2], replicas[2:]
         newcomer = replicas[-1]
         held_by_leaving = sum(metric(r, "sinkserve_sessions_owned") for r in leaving)
-        self.reload_nginx([r.address for r in replicas])
+        self.nginx.set_upstreams([r.address for r in replicas])
         for r in leaving:
             self.assertEqual(r.terminate(), 0)
         for th in threads:
@@ -300,31 +272,14 @@ class FailoverTest(unittest.TestCase):
 
 
 @unittest.skipUnless(have_ceph(), "Ceph binaries missing: run scripts/setup")
-class StoreFaultsTest(unittest.TestCase):
+class StoreFaultsTest(CephServerTest):
     """Pool size 2 on three OSDs: one OSD lost, then the whole store away."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = CephCluster(osds=3, pool_size=2)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.stop()
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="sinkserve-faults-")
-        self.servers = []
-
-    def tearDown(self):
-        for s in self.servers:
-            s.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    CLUSTER_ARGS = {"osds": 3, "pool_size": 2}
 
     def server(self, namespace):
-        server = Server(os.path.join(self.tmp, f"r{len(self.servers)}"), "--default-policy",
-                        POLICY, "--lease-seconds", LEASE_SECONDS, store=self.cluster.url(namespace))
-        self.servers.append(server)
-        return server
+        return self.start_server(namespace, "--default-policy", POLICY,
+                                 "--lease-seconds", LEASE_SECONDS)
 
     def osds(self, action, *ids):
         for i in ids:

@@ -56,9 +56,8 @@ class Nginx:
     def __init__(self, run_dir, upstreams):
         os.makedirs(run_dir, exist_ok=True)
         self.port = free_port()
-        with open(os.path.join(run_dir, "sinkserve-upstreams.conf"), "w") as f:
-            for address in upstreams:
-                f.write(f"server {address} max_fails=1 fail_timeout=30s;\n")
+        self.run_dir = run_dir
+        self._write_upstreams(upstreams)
         with open(os.path.join(run_dir, "sinkserve-listen.conf"), "w") as f:
             f.write(f"listen 127.0.0.1:{self.port} http2;\n")
         conf = os.path.join(run_dir, "nginx.conf")
@@ -81,6 +80,19 @@ class Nginx:
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.SinkServeStub(self.channel)
         health(self.channel, timeout=10)
+
+    def _write_upstreams(self, addresses):
+        with open(os.path.join(self.run_dir, "sinkserve-upstreams.conf"), "w") as f:
+            for address in addresses:
+                f.write(f"server {address} max_fails=1 fail_timeout=30s;\n")
+
+    def set_upstreams(self, addresses):
+        """Replaces the replica list and reloads nginx (SIGHUP to its pid),
+        as the Kubernetes manifest's reloader does; a reload also clears its
+        marks of failed replicas."""
+        self._write_upstreams(addresses)
+        self.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)  # new workers up, old ones finishing their calls
 
     def stop(self):
         self.channel.close()

@@ -6,39 +6,17 @@ process on the same pool that continues the session exactly as one process
 alone would have.
 """
 
-import os
-import shutil
-import tempfile
 import unittest
 
-from server_testlib import CephCluster, Server, Stream, have_ceph, turns_alone
+from server_testlib import CephServerTest, Stream, have_ceph, turns_alone
 
 TEXTS = ["Once upon a time", " The dog barked.", " Lily smiled."]
 
 
 @unittest.skipUnless(have_ceph(), "Ceph binaries missing: run scripts/setup")
-class RadosServerTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = CephCluster()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.stop()
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="sinkserve-rados-")
-        self.servers = []
-
-    def tearDown(self):
-        for s in self.servers:
-            s.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
+class RadosServerTest(CephServerTest):
     def start(self, ns):
-        server = Server(os.path.join(self.tmp, "server"), store=self.cluster.url(ns))
-        self.servers.append(server)
-        return server
+        return self.start_server(ns)
 
     def test_second_process_continues_the_session_exactly(self):
         # The reference: one process, three turns, on its own namespace.

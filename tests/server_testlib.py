@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 import urllib.request
 
 import grpc
@@ -277,3 +278,38 @@ class CephCluster:
         import shutil
         subprocess.run([CLUSTER_SCRIPT, "stop", self.dir], timeout=180)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class CephServerTest(unittest.TestCase):
+    """A test class with one Ceph cluster (CLUSTER_ARGS for CephCluster) and
+    servers on it, each stopped by its pid at the end of its test (a paused
+    one is resumed first)."""
+
+    CLUSTER_ARGS = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = CephCluster(**cls.CLUSTER_ARGS)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="sinkserve-ceph-test-")
+        self.servers = []
+
+    def tearDown(self):
+        import shutil
+        for s in self.servers:
+            if s.proc.poll() is None:
+                os.kill(s.proc.pid, signal.SIGCONT)  # a test that failed while it was paused
+            s.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start_server(self, namespace, *extra):
+        """`sinkserve serve` on the cluster's pool, namespace `namespace`."""
+        server = Server(os.path.join(self.tmp, f"r{len(self.servers)}"), *extra,
+                        store=self.cluster.url(namespace))
+        self.servers.append(server)
+        return server

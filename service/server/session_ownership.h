@@ -43,8 +43,6 @@ class SessionOwnership {
   SessionOwnership(const SessionOwnership&) = delete;
   SessionOwnership& operator=(const SessionOwnership&) = delete;
 
-  bool shared() const { return leases_ != nullptr; }
-
   // Makes this server the owner of `id` and keeps it so until Unclaim(id).
   // `done` gets the outcome: its cause is kHeld when this server owned the
   // session already (a copy in memory is current), anything else when the

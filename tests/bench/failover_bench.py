@@ -18,7 +18,6 @@ next trial.
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -39,16 +38,6 @@ def percentile(values, q):
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1)))))
     return ordered[rank]
-
-
-def reload_upstreams(nginx, addresses):
-    """Rewrites nginx's replica list and reloads it (SIGHUP to its pid)."""
-    run_dir = os.path.dirname(nginx.error_log)
-    with open(os.path.join(run_dir, "sinkserve-upstreams.conf"), "w") as f:
-        for address in addresses:
-            f.write(f"server {address} max_fails=1 fail_timeout=30s;\n")
-    os.kill(nginx.proc.pid, signal.SIGHUP)
-    time.sleep(0.5)  # new workers up, old ones finishing
 
 
 def first_token_after(stub, session, text, turn_id):
@@ -110,7 +99,7 @@ def main():
             # manifest's reloader does), which also clears its failure marks.
             replicas[owner] = Server(os.path.join(tmp, f"r{owner}-{trial}"), *extra,
                                      store=url)
-            reload_upstreams(nginx, [r.address for r in replicas])
+            nginx.set_upstreams([r.address for r in replicas])
             print(f"trial {trial + 1}/{args.trials}: owner r{owner}, "
                   f"{1e3 * times[-1]:.0f} ms to the first token", flush=True)
         ms = [1e3 * t for t in times]

@@ -25,6 +25,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -126,6 +128,14 @@ class Sequence {
 
   // Ends a round (user turn + reply): SirLLM's score decay.
   void EndRound() { cache_.EndRound(); }
+  // Pins `n` tokens of a prompt about to be fed, from its token `offset` on
+  // (pending tokens go before the prompt), under `label`; see
+  // memory::KvCache::PinTokens for the errors.
+  absl::Status PinNextTokens(std::string label, int64_t offset, int64_t n, int64_t limit) {
+    return cache_.PinTokens(std::move(label),
+                            cache_.tokens_seen() + static_cast<int64_t>(pending_.size()) + offset,
+                            n, limit);
+  }
 
  private:
   Sequence(Backend* backend, memory::KvCache cache, std::unique_ptr<KvStorage> kv,

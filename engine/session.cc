@@ -16,15 +16,16 @@ absl::string_view Sv(std::string_view s) { return {s.data(), s.size()}; }
 
 // The engine's part of a snapshot, kept in SessionState::sampler_config (the
 // store treats it as opaque bytes). Layout, little-endian:
-//   "SSCF", u8 version (1),
+//   "SSCF", u8 version (1 or 2),
 //   sampler: f32 temperature, i32 top_k, f32 top_p, f32 min_p,
 //            f32 repeat_penalty, f32 presence_penalty, f32 frequency_penalty,
 //            i32 penalty_last_n, u64 seed,
 //   i32 max_step_tokens, i32 capacity (as configured; 0 = automatic),
-//   u32-length-prefixed chat_template, system_prompt.
+//   u32-length-prefixed chat_template, system_prompt,
+//   u8 pin_system_prompt (version 2; version 1 sessions never pinned it).
 // A new field means a new version; readers keep reading the old ones.
 constexpr char kConfigMagic[4] = {'S', 'S', 'C', 'F'};
-constexpr uint8_t kConfigVersion = 1;
+constexpr uint8_t kConfigVersion = 2;
 
 void PutU32(std::string* out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
@@ -104,6 +105,7 @@ std::string EncodeConfig(const SessionConfig& c) {
   PutU32(&out, static_cast<uint32_t>(c.capacity));
   PutBytes(&out, c.chat_template);
   PutBytes(&out, c.system_prompt);
+  out.push_back(c.pin_system_prompt ? 1 : 0);
   return out;
 }
 
@@ -116,10 +118,10 @@ absl::StatusOr<SessionConfig> DecodeConfig(std::string_view blob,
   if (magic == nullptr || std::memcmp(magic, kConfigMagic, 4) != 0) {
     return absl::DataLossError("session config: not an engine session config (bad magic)");
   }
-  if (static_cast<uint8_t>(*version) != kConfigVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session config has version ", static_cast<uint8_t>(*version),
-                     "; this build reads version ", kConfigVersion));
+  const uint8_t v = version == nullptr ? 0 : static_cast<uint8_t>(*version);
+  if (v < 1 || v > kConfigVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session config has version ", v, "; this build reads versions 1 to ", kConfigVersion));
   }
   SessionConfig c;
   c.policy = policy;
@@ -137,6 +139,10 @@ absl::StatusOr<SessionConfig> DecodeConfig(std::string_view blob,
   c.capacity = static_cast<int32_t>(r.U32());
   c.chat_template = r.Bytes();
   c.system_prompt = r.Bytes();
+  if (v >= 2) {
+    const char* pin = r.Take(1);
+    c.pin_system_prompt = pin != nullptr && *pin != 0;
+  }
   if (!r.done()) {
     return absl::DataLossError(absl::StrCat("session config of ", blob.size(),
                                             " bytes is truncated or has trailing bytes"));

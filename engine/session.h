@@ -45,6 +45,9 @@ struct SessionConfig {
   // template name, system prompt). Default: "".
   std::string chat_template;
   std::string system_prompt;
+  // The service pins the system prompt's cells (Sequence::PinNextTokens) when
+  // it feeds them. Stored with the session. Default: false.
+  bool pin_system_prompt = false;
 };
 
 class Session {

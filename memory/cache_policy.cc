@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -65,6 +66,29 @@ std::optional<Field> FieldFromName(absl::string_view name) {
     if (name == FieldName(f)) return f;
   }
   return std::nullopt;
+}
+
+// max_pinned is spelled "pinned" in both forms; recompute pins nothing.
+constexpr absl::string_view kPinnedKey = "pinned";
+bool UsesPinned(PolicyKind kind) { return kind != PolicyKind::kRecompute; }
+
+absl::Status SetPinned(PolicyConfig& config, absl::string_view spec,
+                       absl::string_view text) {
+  if (!UsesPinned(config.kind)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cache policy '", spec, "': ", KindName(config.kind),
+                     " takes no pinned"));
+  }
+  int64_t value;
+  text = absl::StripAsciiWhitespace(text);
+  if (!absl::SimpleAtoi(text, &value) || value < 0 ||
+      value > kMaxPolicyCells) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cache policy '", spec, "': pinned '", text,
+                     "' is not an integer in [0, ", kMaxPolicyCells, "]"));
+  }
+  config.max_pinned = static_cast<int>(value);
+  return absl::OkStatus();
 }
 
 // Shortest text that reads back as the same float.
@@ -124,6 +148,14 @@ absl::StatusOr<PolicyConfig> ParseCompact(absl::string_view spec) {
       absl::StripAsciiWhitespace(spec.substr(open + 1, spec.size() - open - 2));
   std::vector<absl::string_view> args;
   if (!inner.empty()) args = absl::StrSplit(inner, ',');
+  // A trailing "pinned=N" is the only keyword the compact form has.
+  if (!args.empty() && absl::StartsWith(absl::StripAsciiWhitespace(args.back()),
+                                        absl::StrCat(kPinnedKey, "="))) {
+    const absl::string_view item = absl::StripAsciiWhitespace(args.back());
+    SINKSERVE_RETURN_IF_ERROR(
+        SetPinned(config, spec, item.substr(kPinnedKey.size() + 1)));
+    args.pop_back();
+  }
   const std::vector<Field> fields = FieldsOf(config.kind);
   // The last field may be left out when it is the decay (papers write
   // sirllm(4,126,126) for no decay).
@@ -148,6 +180,7 @@ absl::StatusOr<PolicyConfig> ParseKeyValues(absl::string_view spec) {
                              ParsePolicyKind(Std(spec.substr(0, colon))));
   if (colon == absl::string_view::npos) return config;
   std::vector<Field> seen;
+  bool pinned_seen = false;
   for (absl::string_view item : absl::StrSplit(spec.substr(colon + 1), ',')) {
     const size_t eq = item.find('=');
     if (eq == absl::string_view::npos) {
@@ -156,11 +189,20 @@ absl::StatusOr<PolicyConfig> ParseKeyValues(absl::string_view spec) {
     }
     const absl::string_view key =
         absl::StripAsciiWhitespace(item.substr(0, eq));
+    if (key == kPinnedKey) {
+      if (pinned_seen) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cache policy '", spec, "': pinned given twice"));
+      }
+      pinned_seen = true;
+      SINKSERVE_RETURN_IF_ERROR(SetPinned(config, spec, item.substr(eq + 1)));
+      continue;
+    }
     const std::optional<Field> field = FieldFromName(key);
     if (!field) {
       return absl::InvalidArgumentError(
           absl::StrCat("cache policy '", spec, "': unknown key '", key,
-                       "' (keys: sinks, window, entropy, decay)"));
+                       "' (keys: sinks, window, entropy, decay, pinned)"));
     }
     if (!Uses(config.kind, *field)) {
       return absl::InvalidArgumentError(
@@ -248,7 +290,28 @@ absl::Status PolicyConfig::Validate() const {
                                                    ": budget must be in [1, ",
                                                    kMaxPolicyCells, "]"));
   }
+  if (max_pinned < 0 || max_pinned > kMaxPolicyCells) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cache policy ", KindName(kind), ": pinned must be in [0, ",
+                     kMaxPolicyCells, "], got ", max_pinned));
+  }
+  if (max_pinned > 0 && !UsesPinned(kind)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cache policy ", KindName(kind), " pins nothing"));
+  }
+  if (max_pinned > 0 && Uses(kind, kWindow) && max_pinned >= window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cache policy ", KindName(kind), ": pinned ", max_pinned,
+        " must leave the window of ", window, " at least one cell"));
+  }
   return absl::OkStatus();
+}
+
+int PolicyConfig::PinLimit() const {
+  if (!UsesPinned(kind)) return 0;
+  if (max_pinned > 0) return max_pinned;
+  if (kind == PolicyKind::kFull) return kMaxPolicyCells;
+  return std::max(0, window - 1);
 }
 
 std::optional<int> PolicyConfig::Budget() const {
@@ -276,7 +339,11 @@ std::optional<int> PolicyConfig::Budget() const {
 std::string PolicyConfig::ToString() const {
   const std::vector<Field> fields = FieldsOf(kind);
   std::string out(PolicyKindName(kind));
-  if (fields.empty()) return out;
+  if (fields.empty()) {
+    // "full(pinned=N)": the compact form with the keyword alone.
+    if (max_pinned > 0) absl::StrAppend(&out, "(", kPinnedKey, "=", max_pinned, ")");
+    return out;
+  }
   out += '(';
   for (size_t i = 0; i < fields.size(); ++i) {
     if (i > 0) out += ',';
@@ -295,6 +362,7 @@ std::string PolicyConfig::ToString() const {
         break;
     }
   }
+  if (max_pinned > 0) absl::StrAppend(&out, ",", kPinnedKey, "=", max_pinned);
   out += ')';
   return out;
 }
@@ -332,12 +400,80 @@ absl::StatusOr<PolicyConfig> PolicyConfig::FromFlags(std::string_view kind,
   return config;
 }
 
+namespace {
+
+// Lower score first; equal scores: the newer (higher index) first, so the
+// older is kept.
+struct WorseCell {
+  absl::Span<const Cell> cells;
+  bool operator()(int32_t a, int32_t b) const {
+    const float sa = RankKey(cells[a].score);
+    const float sb = RankKey(cells[b].score);
+    return sa < sb || (sa == sb && a > b);
+  }
+};
+
+// Leading cells every policy keeps as attention sinks.
+int SinksOf(const PolicyConfig& config) {
+  return config.kind == PolicyKind::kStreaming ||
+                 config.kind == PolicyKind::kSirLlm
+             ? config.sinks
+             : 0;
+}
+
+// Eviction with pinned cells among `cells`: sinks and pinned cells are
+// protected, the window is the last (window - pinned outside the sinks)
+// unprotected cells, and SirLLM keeps its `entropy` best among the
+// unprotected cells in front of the window. O(n) plus the SirLLM selection.
+void SelectEvictedPinned(absl::Span<const Cell> cells,
+                         const PolicyConfig& config, int budget,
+                         std::vector<int32_t>* evicted) {
+  const int n = static_cast<int>(cells.size());
+  const int sinks = std::min(SinksOf(config), n);
+  int pinned_outside = 0;
+  for (int i = sinks; i < n; ++i) pinned_outside += cells[i].pinned ? 1 : 0;
+  // Cells of the middle part (neither sink, pinned nor window) to keep.
+  const int entropy =
+      config.kind == PolicyKind::kSirLlm ? config.entropy : 0;
+  const int window = std::max(1, budget - SinksOf(config) - entropy -
+                                     pinned_outside);
+  // Walk back over the unprotected cells: the first `window` are the window,
+  // the rest are candidates (ascending once reversed).
+  int in_window = 0;
+  for (int i = n - 1; i >= sinks; --i) {
+    if (cells[i].pinned) continue;
+    if (in_window < window) {
+      ++in_window;
+      continue;
+    }
+    evicted->push_back(i);
+  }
+  std::reverse(evicted->begin(), evicted->end());
+  if (entropy == 0 || evicted->empty()) return;
+  const int keep = std::min<int>(entropy, static_cast<int>(evicted->size()));
+  const int drop = static_cast<int>(evicted->size()) - keep;
+  std::nth_element(evicted->begin(), evicted->begin() + drop, evicted->end(),
+                   WorseCell{cells});
+  evicted->resize(drop);
+  std::sort(evicted->begin(), evicted->end());
+}
+
+}  // namespace
+
 void SelectEvicted(absl::Span<const Cell> cells, const PolicyConfig& config,
-                   std::vector<int32_t>* evicted) {
+                   std::vector<int32_t>* evicted, int pinned) {
   evicted->clear();
   const int n = static_cast<int>(cells.size());
   const std::optional<int> budget = config.Budget();
   if (!budget || n <= *budget) return;
+  if (pinned < 0) {
+    pinned = static_cast<int>(std::count_if(
+        cells.begin(), cells.end(), [](const Cell& c) { return c.pinned; }));
+  }
+  if (pinned > 0 && config.kind != PolicyKind::kRecompute) {
+    SelectEvictedPinned(cells, config, *budget, evicted);
+    return;
+  }
   const int excess = n - *budget;
   switch (config.kind) {
     case PolicyKind::kFull:  // unreachable: no budget
@@ -356,15 +492,8 @@ void SelectEvicted(absl::Span<const Cell> cells, const PolicyConfig& config,
       for (int i = config.sinks; i < n - config.window; ++i) {
         evicted->push_back(i);
       }
-      // Lower score first; equal scores: the newer (higher index) first, so
-      // the older is kept.
-      auto worse = [cells](int32_t a, int32_t b) {
-        const float sa = RankKey(cells[a].score);
-        const float sb = RankKey(cells[b].score);
-        return sa < sb || (sa == sb && a > b);
-      };
       std::nth_element(evicted->begin(), evicted->begin() + excess,
-                       evicted->end(), worse);
+                       evicted->end(), WorseCell{cells});
       evicted->resize(excess);
       // Usually one cell per token; a prefill chunk or a restore under a
       // smaller policy evicts more.

@@ -386,5 +386,171 @@ TEST(SelectKeptTest, SirLlmMatchesAFullSortOnRandomScores) {
   }
 }
 
+struct PinnedCase {
+  std::string name;
+  PolicyConfig config;
+  std::vector<float> scores;   // one cell per score
+  std::vector<int32_t> pinned;  // indices of pinned cells
+  std::vector<int32_t> want;
+};
+
+std::vector<Cell> CellsWithPins(const std::vector<float>& scores,
+                                const std::vector<int32_t>& pinned) {
+  std::vector<Cell> cells = CellsWithScores(scores);
+  for (int32_t i : pinned) cells[i].pinned = true;
+  return cells;
+}
+
+TEST(SelectKeptTest, PinnedTables) {
+  const std::vector<PinnedCase> cases = {
+      {"full keeps all, pins or not", Full(), {1, 2, 3}, {1}, {0, 1, 2}},
+      {"window: pinned cell kept, window shrinks by one",
+       Window(3), {0, 0, 0, 0, 0, 0, 0}, {1}, {1, 5, 6}},
+      {"window: two pins, window of one",
+       Window(3), {0, 0, 0, 0, 0, 0}, {0, 2}, {0, 2, 5}},
+      {"window: a pin inside the window costs the same",
+       Window(3), {0, 0, 0, 0, 0, 0}, {5}, {3, 4, 5}},
+      {"streaming: pinned prefix after the sinks",
+       Streaming(2, 4), {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, {2, 3},
+       {0, 1, 2, 3, 8, 9}},
+      {"streaming: pins inside the sinks cost nothing",
+       Streaming(2, 3), {0, 0, 0, 0, 0, 0, 0, 0}, {0, 1},
+       {0, 1, 5, 6, 7}},
+      {"streaming: a pinned turn in the middle",
+       Streaming(1, 3), {0, 0, 0, 0, 0, 0, 0, 0, 0}, {4},
+       {0, 4, 7, 8}},
+      {"streaming: pins keep the budget",
+       Streaming(1, 4), {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, {2, 3, 6},
+       {0, 2, 3, 6, 11}},
+      {"streaming: pins past the limit keep a window of one",
+       Streaming(1, 2), {0, 0, 0, 0, 0, 0}, {1, 2, 3},
+       {0, 1, 2, 3, 5}},
+      // Middle (unprotected, before the window) = 1, 3, 4, 5 with scores
+      // 5, 7, 1, 9: entropy 2 keeps 3 (7) and 5 (9); the high-scored pinned
+      // cell 2 is not among them.
+      {"sirllm: entropy set never counts pinned cells",
+       SirLlm(1, 2, 3), {kInf, 5, 99, 7, 1, 9, 0, 0, 0}, {2},
+       {0, 2, 3, 5, 7, 8}},
+      {"sirllm: pinned low-score cell survives",
+       SirLlm(1, 1, 2), {kInf, 9, -5, 3, 0, 0}, {2},
+       {0, 1, 2, 5}},
+      {"recompute ignores pins (it pins nothing)",
+       Recompute(2), {kInf, 1, 2, 3}, {1}, {2, 3}},
+  };
+  for (const PinnedCase& c : cases) {
+    const std::vector<Cell> cells = CellsWithPins(c.scores, c.pinned);
+    EXPECT_THAT(SelectKept(cells, c.config), ElementsAreArray(c.want))
+        << c.name;
+    // The caller's pin count gives the same answer.
+    std::vector<int32_t> a, b;
+    SelectEvicted(cells, c.config, &a);
+    SelectEvicted(cells, c.config, &b, static_cast<int>(c.pinned.size()));
+    EXPECT_EQ(a, b) << c.name;
+  }
+}
+
+// An independent model of pinning: protected = sinks + pinned; the window is
+// the last (window - pinned outside sinks) unprotected cells; SirLLM ranks the
+// other unprotected cells by a full stable sort.
+std::vector<int32_t> ReferencePinned(const std::vector<Cell>& cells, int sinks,
+                                     int entropy, int window) {
+  const int n = static_cast<int>(cells.size());
+  if (n <= sinks + entropy + window) return Range(0, n);
+  std::vector<int32_t> kept, free;
+  int pinned_outside = 0;
+  for (int i = 0; i < n; ++i) {
+    if (i < sinks || cells[i].pinned) {
+      kept.push_back(i);
+      if (i >= sinks) ++pinned_outside;
+    } else {
+      free.push_back(i);
+    }
+  }
+  const int w = std::min<int>(std::max(1, window - pinned_outside), free.size());
+  kept.insert(kept.end(), free.end() - w, free.end());
+  free.resize(free.size() - w);
+  std::stable_sort(free.begin(), free.end(), [&](int32_t a, int32_t b) {
+    return cells[a].score > cells[b].score;
+  });
+  if (static_cast<int>(free.size()) > entropy) free.resize(entropy);
+  kept.insert(kept.end(), free.begin(), free.end());
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+TEST(SelectKeptTest, PinnedMatchesReferenceOnRandomCells) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> value(0, 4);
+  int evicting = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int sinks = trial % 4;
+    const int entropy = trial % 3 == 0 ? 0 : 1 + trial % 5;
+    const int window = 2 + trial % 6;
+    const int n = trial % 30;
+    std::vector<float> scores(n);
+    for (float& s : scores) s = static_cast<float>(value(rng));
+    std::vector<Cell> cells = CellsWithScores(scores);
+    // Pins within the limit: at most window - 1 cells.
+    int budget_left = window - 1;
+    for (int i = 0; i < n && budget_left > 0; ++i) {
+      if (rng() % 5 == 0) {
+        cells[i].pinned = true;
+        --budget_left;
+      }
+    }
+    const PolicyConfig config = entropy == 0 ? Streaming(sinks, window)
+                                             : SirLlm(sinks, entropy, window);
+    const std::vector<int32_t> kept = SelectKept(cells, config);
+    ASSERT_EQ(kept, ReferencePinned(cells, sinks, entropy, window))
+        << "trial " << trial;
+    if (n > *config.Budget()) {
+      ++evicting;
+      // Within the limit the budget is exact.
+      ASSERT_EQ(kept.size(), static_cast<size_t>(*config.Budget())) << trial;
+    }
+    for (int i = 0; i < n; ++i) {
+      if (cells[i].pinned) {
+        ASSERT_TRUE(std::binary_search(kept.begin(), kept.end(), i))
+            << "pinned cell " << i << " evicted, trial " << trial;
+      }
+    }
+    // The newest cell always survives.
+    if (n > 0) {
+      ASSERT_EQ(kept.back(), n - 1);
+    }
+  }
+  EXPECT_GT(evicting, 500);
+}
+
+TEST(PolicyConfigTest, MaxPinnedParsesPrintsAndValidates) {
+  absl::StatusOr<PolicyConfig> p = PolicyConfig::Parse("streaming(4,252,pinned=64)");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->max_pinned, 64);
+  EXPECT_EQ(p->ToString(), "streaming(4,252,pinned=64)");
+  EXPECT_EQ(*PolicyConfig::Parse(p->ToString()), *p);
+  p = PolicyConfig::Parse("sirllm:sinks=4,entropy=8,window=20,pinned=3");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->ToString(), "sirllm(4,8,20,1,pinned=3)");
+  EXPECT_EQ(*PolicyConfig::Parse(p->ToString()), *p);
+  p = PolicyConfig::Parse("full(pinned=5)");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->ToString(), "full(pinned=5)");
+  EXPECT_EQ(p->PinLimit(), 5);
+  // Unset: pins may take the window down to one cell.
+  EXPECT_EQ(Streaming(4, 252).PinLimit(), 251);
+  EXPECT_EQ(Streaming(4, 252).ToString(), "streaming(4,252)");
+  EXPECT_EQ(Recompute(8).PinLimit(), 0);
+  // The window must keep a cell; recompute pins nothing; no negatives.
+  for (const char* bad : {"streaming(4,8,pinned=8)", "window:window=4,pinned=9",
+                          "recompute(8,pinned=1)", "streaming(4,8,pinned=-1)",
+                          "streaming:sinks=4,window=8,pinned=1,pinned=2",
+                          "streaming(4,8,pinned=x)"}) {
+    absl::StatusOr<PolicyConfig> r = PolicyConfig::Parse(bad);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_THAT(std::string(PolicyConfig::Parse("streaming(4,8,pinned=8)").status().message()),
+              HasSubstr("at least one cell"));
+}
+
 }  // namespace
 }  // namespace sinkserve::memory

@@ -4,6 +4,9 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -17,7 +20,66 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // Keeps 2 * capacity (the buffer length) and every position inside int.
 constexpr int64_t kMaxCapacity = int64_t{1} << 28;
 
+// The pin covering `arrival`, or null. Pins ascend and are few.
+const Pin* PinOf(const std::vector<Pin>& pins, int64_t arrival) {
+  auto it = std::upper_bound(
+      pins.begin(), pins.end(), arrival,
+      [](int64_t a, const Pin& p) { return a < p.first; });
+  if (it == pins.begin()) return nullptr;
+  --it;
+  return arrival < it->end ? &*it : nullptr;
+}
+
 }  // namespace
+
+void MarkPinned(KvCacheState* state) {
+  for (Cell& c : state->cells) c.pinned = PinOf(state->pins, c.arrival) != nullptr;
+}
+
+absl::Status ValidatePins(const KvCacheState& state) {
+  const std::vector<Pin>& pins = state.pins;
+  int64_t covered = 0;
+  for (size_t i = 0; i < pins.size(); ++i) {
+    const Pin& p = pins[i];
+    if (p.label.size() > kMaxPinLabelBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "pin ", i, ": label of ", p.label.size(), " bytes exceeds ",
+          kMaxPinLabelBytes));
+    }
+    const int64_t floor = i == 0 ? 0 : pins[i - 1].end;
+    if (p.first < floor || p.end <= p.first || p.end > state.tokens_seen) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "pin ", i, " covers arrivals [", p.first, ", ", p.end,
+          "); pins must be non-empty, ascending, disjoint and below "
+          "tokens_seen ",
+          state.tokens_seen));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (pins[j].label == p.label) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("pins ", j, " and ", i, " have the same label"));
+      }
+    }
+    covered += p.size();
+  }
+  int64_t flagged = 0;
+  for (size_t i = 0; i < state.cells.size(); ++i) {
+    const Cell& c = state.cells[i];
+    const bool in_pin = PinOf(pins, c.arrival) != nullptr;
+    if (c.pinned != in_pin) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cell ", i, " (arrival ", c.arrival, ") is ",
+          c.pinned ? "" : "not ", "marked pinned, its pins say otherwise"));
+    }
+    flagged += in_pin ? 1 : 0;
+  }
+  if (flagged != covered) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pins cover ", covered, " arrivals but only ", flagged,
+        " of them are cells: pinned cells were evicted"));
+  }
+  return absl::OkStatus();
+}
 
 int64_t KvCache::MinCapacity(const PolicyConfig& policy, int max_step_tokens) {
   return int64_t{policy.Budget().value_or(0)} + max_step_tokens;
@@ -86,8 +148,20 @@ absl::StatusOr<KvCache> KvCache::Restore(const PolicyConfig& policy,
           absl::StrCat("restore: cell ", i, " has a NaN score"));
     }
   }
-  std::copy(cells.begin(), cells.end(), cache.cells_.begin());
+  KvCacheState marked;
+  marked.cells = cells;
+  marked.tokens_seen = state.tokens_seen;
+  marked.pins = state.pins;
+  MarkPinned(&marked);
+  if (absl::Status s = ValidatePins(marked); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("restore: ", s.message()));
+  }
+  std::copy(marked.cells.begin(), marked.cells.end(), cache.cells_.begin());
   for (size_t i = 0; i < cells.size(); ++i) cache.slots_[i] = cells[i].slot;
+  cache.pins_ = std::move(marked.pins);
+  cache.pinned_ = static_cast<int>(std::count_if(
+      marked.cells.begin(), marked.cells.end(),
+      [](const Cell& c) { return c.pinned; }));
   cache.begin_ = 0;
   cache.end_ = static_cast<int64_t>(cells.size());
   cache.free_.clear();
@@ -179,6 +253,8 @@ absl::Status KvCache::Commit(absl::Span<const float> scores) {
     c.arrival = tokens_seen_++;
     c.score = c.arrival == 0 ? kInf : (scores.empty() ? 0.0f : scores[i]);
     c.slot = pending_slots_[i];
+    c.pinned = !pins_.empty() && PinOf(pins_, c.arrival) != nullptr;
+    pinned_ += c.pinned ? 1 : 0;
     slots_[end_] = c.slot;
     ++end_;
   }
@@ -209,8 +285,82 @@ absl::Status KvCache::Append(absl::Span<const int32_t> tokens,
   return status;
 }
 
+absl::Status KvCache::PinTokens(std::string label, int64_t first, int64_t n,
+                          int64_t limit) {
+  if (n < 1) return absl::InvalidArgumentError("KV cache: pin of no tokens");
+  if (label.size() > kMaxPinLabelBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache: pin label of ", label.size(),
+                     " bytes exceeds ", kMaxPinLabelBytes));
+  }
+  const int64_t floor =
+      std::max(tokens_seen_, pins_.empty() ? int64_t{0} : pins_.back().end);
+  if (first < floor) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache: pin from arrival ", first, ": only tokens from ", floor,
+        " on (not yet arrived, not pinned) can be pinned"));
+  }
+  for (const memory::Pin& p : pins_) {
+    if (p.label == label) {
+      return absl::AlreadyExistsError(
+          label.empty() ? std::string("the system prompt is pinned already")
+                        : absl::StrCat("turn '", label, "' is pinned already"));
+    }
+  }
+  limit = std::min<int64_t>(limit, policy_.PinLimit());
+  const int64_t total = pinned_total();
+  if (total + n > limit) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "pinning ", n, " more cells would pin ", total + n, ", over the limit of ",
+        limit, " for policy ", policy_.ToString(), " (", total,
+        " pinned already); unpin a turn first"));
+  }
+  pins_.push_back(memory::Pin{std::move(label), first, first + n});
+  return absl::OkStatus();
+}
+
+int64_t KvCache::ClosePins() {
+  int64_t dropped = 0;
+  for (memory::Pin& p : pins_) {
+    if (p.end > tokens_seen_) {
+      dropped += p.end - std::max(p.first, tokens_seen_);
+      p.end = std::max(p.first, tokens_seen_);
+    }
+  }
+  pins_.erase(std::remove_if(pins_.begin(), pins_.end(),
+                             [](const memory::Pin& p) { return p.size() == 0; }),
+              pins_.end());
+  return dropped;
+}
+
+absl::Status KvCache::Unpin(std::string_view label) {
+  auto it = std::find_if(pins_.begin(), pins_.end(), [label](const memory::Pin& p) {
+    return p.label == label;
+  });
+  if (it == pins_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("no pinned turn '", absl::string_view(label.data(), label.size()),
+                     "'"));
+  }
+  for (int64_t i = begin_; i < end_; ++i) {
+    Cell& c = cells_[i];
+    if (c.arrival >= it->first && c.arrival < it->end && c.pinned) {
+      c.pinned = false;
+      --pinned_;
+    }
+  }
+  pins_.erase(it);
+  return absl::OkStatus();
+}
+
+int64_t KvCache::pinned_total() const {
+  int64_t total = 0;
+  for (const memory::Pin& p : pins_) total += p.size();
+  return total;
+}
+
 int KvCache::Trim() {
-  SelectEvicted(cells(), policy_, &evicted_);
+  SelectEvicted(cells(), policy_, &evicted_, pinned_);
   if (evicted_.empty()) return 0;
   Evict(evicted_);
   const int count = static_cast<int>(evicted_.size());
@@ -305,6 +455,14 @@ KvCacheState KvCache::State() const {
   state.cells.assign(cells().begin(), cells().end());
   state.tokens_seen = tokens_seen_;
   state.evicted_total = evicted_total_;
+  state.pins = pins_;
+  // A pin still waiting for its tokens (a turn under way) is cut to what
+  // arrived, so that the state is complete on its own.
+  for (memory::Pin& p : state.pins) p.end = std::min(p.end, tokens_seen_);
+  state.pins.erase(
+      std::remove_if(state.pins.begin(), state.pins.end(),
+                     [](const memory::Pin& p) { return p.size() <= 0; }),
+      state.pins.end());
   return state;
 }
 
@@ -327,8 +485,14 @@ absl::Status KvCache::CheckInvariants() const {
     return absl::OkStatus();
   };
   const absl::Span<const Cell> live = cells();
+  int pinned = 0;
   for (int i = 0; i < size(); ++i) {
     const Cell& c = live[i];
+    pinned += c.pinned ? 1 : 0;
+    if (c.pinned != (PinOf(pins_, c.arrival) != nullptr)) {
+      return absl::InternalError(
+          absl::StrCat("KV cache: cell ", i, " pinned flag disagrees with pins"));
+    }
     if (c.slot != slots_[begin_ + i]) {
       return absl::InternalError(
           absl::StrCat("KV cache: slot mirror differs at cell ", i));
@@ -343,6 +507,11 @@ absl::Status KvCache::CheckInvariants() const {
     }
     SINKSERVE_RETURN_IF_ERROR(use(c.slot, "cell"));
   }
+  if (pinned != pinned_) {
+    return absl::InternalError(absl::StrCat("KV cache: ", pinned,
+                                            " pinned cells, counted ", pinned_));
+  }
+  SINKSERVE_RETURN_IF_ERROR(ValidatePins(State()));
   for (int32_t s : pending_slots_) SINKSERVE_RETURN_IF_ERROR(use(s, "pending"));
   for (int32_t s : free_) SINKSERVE_RETURN_IF_ERROR(use(s, "free"));
   const int64_t accounted =

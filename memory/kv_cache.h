@@ -34,6 +34,7 @@
 #define SINKSERVE_MEMORY_KV_CACHE_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -60,12 +61,44 @@ struct StepPlan {
   int recomputed = 0;
 };
 
+// A run of arrivals kept whatever the policy says: a session's system
+// prompt, or a turn its client asked to keep. Pinned cells are never evicted,
+// so every arrival of a pin that has arrived is a cell of the cache.
+struct Pin {
+  // The client's name for it (a turn id); "" = the system prompt.
+  // Default: "".
+  std::string label;
+  // Arrivals [first, end). Default: 0, 0.
+  int64_t first = 0;
+  int64_t end = 0;
+
+  int64_t size() const { return end - first; }
+  friend bool operator==(const Pin& a, const Pin& b) {
+    return a.label == b.label && a.first == b.first && a.end == b.end;
+  }
+  friend bool operator!=(const Pin& a, const Pin& b) { return !(a == b); }
+};
+// Longest pin label (a client's turn id).
+inline constexpr size_t kMaxPinLabelBytes = 256;
+
 // Everything needed to rebuild a KvCache (for snapshots).
 struct KvCacheState {
   std::vector<Cell> cells;    // logical order
   int64_t tokens_seen = 0;    // next arrival index
   int64_t evicted_total = 0;  // cells evicted over the session's life
+  // Ascending by arrival, disjoint, none empty, all below tokens_seen.
+  // Cells' `pinned` flags follow from them (MarkPinned).
+  std::vector<Pin> pins;
 };
+
+// Sets every cell's `pinned` flag from state->pins.
+void MarkPinned(KvCacheState* state);
+
+// INVALID_ARGUMENT unless the pins are as KvCacheState says, their labels are
+// distinct and at most kMaxPinLabelBytes, every arrival they cover is one of
+// the cells (pinned cells are never evicted) and the cells' flags match.
+// Cells must already ascend by arrival.
+absl::Status ValidatePins(const KvCacheState& state);
 
 class KvCache {
  public:
@@ -81,8 +114,9 @@ class KvCache {
 
   // Rebuilds a cache from State(): cells in logical order with strictly
   // increasing arrivals < tokens_seen, distinct slots in [0, capacity), no NaN
-  // score. More cells than the budget is allowed (e.g. a snapshot restored
-  // under a smaller policy); call Trim().
+  // score, pins as ValidatePins wants (cells' flags are set from them). More
+  // cells than the budget is allowed (e.g. a snapshot restored under a
+  // smaller policy); call Trim().
   static absl::StatusOr<KvCache> Restore(const PolicyConfig& policy,
                                          int capacity,
                                          const KvCacheState& state);
@@ -133,6 +167,29 @@ class KvCache {
   // not needed, and tests.
   absl::Status Append(absl::Span<const int32_t> tokens,
                       absl::Span<const float> scores);
+
+  // Pins the `n` tokens that will arrive as arrivals first..first+n-1 (first
+  // >= tokens_seen(): e.g. a prompt about to be fed), under `label`.
+  // INVALID_ARGUMENT for n < 1, a label over kMaxPinLabelBytes, first before
+  // tokens_seen() or inside an earlier pin; ALREADY_EXISTS when the label
+  // names a pin; RESOURCE_EXHAUSTED, naming the numbers, when pinned_total()
+  // + n exceeds `limit` (at most the policy's PinLimit(); callers pass less
+  // to keep a larger window).
+  absl::Status PinTokens(std::string label, int64_t first, int64_t n,
+                         int64_t limit);
+  // Ends the pins of tokens that will not arrive (a turn that stopped before
+  // its prompt was fed): pins are cut at tokens_seen() and empty ones dropped.
+  // Returns how many pinned arrivals were given up.
+  int64_t ClosePins();
+  // Unpins the cells of the pin named `label`; the next Trim may evict them.
+  // NOT_FOUND if no pin has that label.
+  absl::Status Unpin(std::string_view label);
+  const std::vector<Pin>& pins() const { return pins_; }
+  // Cells pinned now.
+  int pinned() const { return pinned_; }
+  // Arrivals covered by pins, including those still to arrive: what counts
+  // against the pin limit.
+  int64_t pinned_total() const;
 
   // Applies the policy; evicted slots go back to the free list. Returns how
   // many cells were evicted (also added to evicted_total()). After it, size()
@@ -199,6 +256,9 @@ class KvCache {
   std::vector<int32_t> plan_slots_;
   // Scratch for Trim, kept to avoid an allocation per token.
   std::vector<int32_t> evicted_;
+  // Ascending, disjoint; see KvCacheState::pins.
+  std::vector<Pin> pins_;
+  int pinned_ = 0;  // cells whose `pinned` is set
 
   int64_t tokens_seen_ = 0;
   int64_t evicted_total_ = 0;

@@ -121,6 +121,10 @@ absl::Status ValidateCells(const SessionState& s) {
                        c.arrival, ") has a NaN score"));
     }
   }
+  if (absl::Status pins = ValidatePins(s.cache); !pins.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session ", Sv(s.id), ": ", pins.message()));
+  }
   return absl::OkStatus();
 }
 
@@ -221,7 +225,9 @@ bool operator==(const SessionState& a, const SessionState& b) {
          a.policy.window == b.policy.window &&
          a.policy.entropy == b.policy.entropy &&
          Bits(a.policy.decay) == Bits(b.policy.decay) &&
+         a.policy.max_pinned == b.policy.max_pinned &&
          a.capacity == b.capacity && SameCells(a.cache.cells, b.cache.cells) &&
+         a.cache.pins == b.cache.pins &&
          a.cache.tokens_seen == b.cache.tokens_seen &&
          a.cache.evicted_total == b.cache.evicted_total &&
          a.kv_shape == b.kv_shape && a.kv == b.kv &&
@@ -262,7 +268,7 @@ bool operator==(const SessionDelta& a, const SessionDelta& b) {
          a.rng_state == b.rng_state &&
          a.pending.has_value() == b.pending.has_value() &&
          (!a.pending || SamePending(*a.pending, *b.pending)) &&
-         a.last_turn == b.last_turn;
+         a.last_turn == b.last_turn && a.pins == b.pins;
 }
 
 absl::StatusOr<SessionDelta> DiffMetadata(const SessionState& prev,
@@ -307,6 +313,7 @@ absl::StatusOr<SessionDelta> DiffMetadata(const SessionState& prev,
   if (next.rng_state != prev.rng_state) delta.rng_state = next.rng_state;
   if (!SamePending(next.pending, prev.pending)) delta.pending = next.pending;
   if (next.last_turn != prev.last_turn) delta.last_turn = next.last_turn;
+  if (next.cache.pins != prev.cache.pins) delta.pins = next.cache.pins;
   return delta;
 }
 
@@ -492,6 +499,8 @@ absl::Status StateReplayer::Apply(const SessionDelta& delta, std::string kv) {
   next.cache.cells = std::move(cells);
   next.cache.tokens_seen = delta.tokens_seen;
   next.cache.evicted_total = delta.evicted_total;
+  next.cache.pins = delta.pins ? *delta.pins : state_.cache.pins;
+  MarkPinned(&next.cache);
   SINKSERVE_RETURN_IF_ERROR(ValidateCells(next));
   if (delta.pending) {
     SINKSERVE_RETURN_IF_ERROR(ValidatePending(state_.id, *delta.pending));

@@ -133,7 +133,8 @@ struct SessionState {
   // Slots of the session's KvStorage; every cell's slot is below it.
   // Default: 0.
   int32_t capacity = 0;
-  // Cells in logical order, next arrival index, evictions so far.
+  // Cells in logical order, next arrival index, evictions so far, pins
+  // (format version 4; older states have none).
   KvCacheState cache;
   // Default: all zero (invalid: Validate requires a shape).
   KvShape kv_shape;
@@ -165,7 +166,7 @@ struct SessionState {
   // INVALID_ARGUMENT naming the first bad field: the id, an empty fingerprint,
   // the policy, the shape, cells that KvCache::Restore would reject (arrivals
   // not strictly increasing or >= tokens_seen, slots repeated or outside
-  // [0, capacity), NaN scores), bad pending tokens (negative id, NaN score,
+  // [0, capacity), NaN scores, pins that ValidatePins rejects), bad pending tokens (negative id, NaN score,
   // more than kMaxPendingTokens), a last turn with logprobs that do not
   // match its token ids or over kMaxCompletedTurnBytes, or kv of the wrong
   // size.
@@ -222,6 +223,10 @@ struct SessionDelta {
   std::optional<std::vector<PendingToken>> pending;
   // The new last completed turn, set when it changed (unset: keep it).
   std::optional<CompletedTurn> last_turn;
+  // The new pins (format version 4), set when they changed (unset: keep
+  // them). Cells' pinned flags follow from the pins, so cells whose flag
+  // alone changed are not listed in `updated`.
+  std::optional<std::vector<Pin>> pins;
 
   // Slots of `rewritten` then `added`: the rows `kv` must hold.
   std::vector<int32_t> KvSlots() const;

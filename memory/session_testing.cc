@@ -107,6 +107,18 @@ SessionState RandomState(std::mt19937_64& rng, const std::string& id,
     s.pending.push_back({static_cast<int32_t>(rng() % 50000),
                          static_cast<float>(rng() % 1000) / 7.0f});
   }
+  // Pins over single cells (arrivals have gaps, and a pin must cover only
+  // cells), the system prompt's on cell 0, and sometimes a pin limit.
+  if (rng() % 2 == 0) {
+    s.cache.pins.push_back(Pin{"", 0, 1});
+    for (int i = 1; i < o.cells; ++i) {
+      if (rng() % 4 != 0) continue;
+      const int64_t a = s.cache.cells[i].arrival;
+      s.cache.pins.push_back(Pin{absl::StrCat("turn-", a), a, a + 1});
+    }
+    MarkPinned(&s.cache);
+    if (rng() % 2 == 0) s.policy.max_pinned = std::max(1, s.policy.window - 1);
+  }
   if (rng() % 2 == 0) {
     s.last_turn.turn_id = absl::StrCat("t", rng() % 1000);
     s.last_turn.text = RandomBytes(rng, rng() % 40);
@@ -153,6 +165,15 @@ SessionState SimStepMetadata(const SessionState& prev, const SimOptions& o,
   const int n = o.step_tokens > 0
                     ? o.step_tokens
                     : 1 + static_cast<int>(rng() % o.max_step_tokens);
+  // Every fifth step's tokens are pinned (when the policy has room), and
+  // every seventh unpins the oldest pinned step: deltas carry pin changes.
+  if (step % 5 == 0) {
+    (void)cache->PinTokens(absl::StrCat("step-", step), cache->tokens_seen(),
+                           n, o.policy.PinLimit() / 2);
+  }
+  if (step % 7 == 0 && !cache->pins().empty()) {
+    (void)cache->Unpin(std::string(cache->pins().front().label));
+  }
   AppendTokens(&*cache, n, rng, &s);
   if (step % 2 == 0) {
     cache->EndRound();  // every other step ends a round: scores decay
@@ -220,6 +241,7 @@ std::string Difference(const SessionState& a, const SessionState& b) {
         field("rng_state", a.rng_state, b.rng_state),
         field("pending tokens", a.pending.size(), b.pending.size()),
         field("last turn", a.last_turn.turn_id, b.last_turn.turn_id),
+        field("pins", a.cache.pins.size(), b.cache.pins.size()),
         field("created_at", absl::FormatTime(a.created_at),
               absl::FormatTime(b.created_at)),
         field("updated_at", absl::FormatTime(a.updated_at),

@@ -20,6 +20,7 @@ constexpr uint8_t kHasSampler = 1;
 constexpr uint8_t kHasRng = 2;
 constexpr uint8_t kHasPending = 4;    // version 2
 constexpr uint8_t kHasLastTurn = 8;   // version 3
+constexpr uint8_t kHasPins = 16;      // version 4
 // Bytes of one encoded pending token: token i32, score f32 bits.
 constexpr size_t kPendingBytes = 8;
 
@@ -93,6 +94,15 @@ void PutLastTurn(std::string* out, const CompletedTurn& t) {
   PutI64(out, t.cells_evicted);
 }
 
+void PutPins(std::string* out, const std::vector<Pin>& pins) {
+  PutU32(out, static_cast<uint32_t>(pins.size()));
+  for (const Pin& p : pins) {
+    PutBytes(out, p.label);
+    PutI64(out, p.first);
+    PutI64(out, p.end);
+  }
+}
+
 void PutShape(std::string* out, const KvShape& s) {
   PutBytes(out, s.dtype);
   PutI32(out, s.dtype_bytes);
@@ -107,6 +117,7 @@ void PutPolicy(std::string* out, const PolicyConfig& p) {
   PutI32(out, p.window);
   PutI32(out, p.entropy);
   PutF32(out, p.decay);
+  PutI32(out, p.max_pinned);  // version 4
 }
 
 uint32_t LoadU32(const char* p) {
@@ -222,13 +233,30 @@ class Reader {
     s.kv_dim = I32("kv dim");
     return s;
   }
-  PolicyConfig Policy() {
+  std::vector<Pin> Pins() {
+    const uint32_t n = U32("pins");
+    std::vector<Pin> pins;
+    // Each pin takes at least 20 bytes: never allocate past the payload.
+    if (size_t{n} * 20 > data_.size() - pos_) {
+      Take(size_t{n} * 20, "pins");
+      return pins;
+    }
+    pins.resize(n);
+    for (Pin& p : pins) {
+      p.label = Bytes("pin label");
+      p.first = I64("pin first");
+      p.end = I64("pin end");
+    }
+    return pins;
+  }
+  PolicyConfig Policy(uint8_t version) {
     PolicyConfig p;
     const std::string kind = Bytes("policy kind");
     p.sinks = I32("policy sinks");
     p.window = I32("policy window");
     p.entropy = I32("policy entropy");
     p.decay = F32("policy decay");
+    if (version >= 4) p.max_pinned = I32("policy max pinned");
     if (!error_.ok()) return p;
     absl::StatusOr<PolicyKind> parsed = ParsePolicyKind(kind);
     if (!parsed.ok()) {
@@ -406,6 +434,7 @@ std::string EncodeFullState(const SessionState& s, uint64_t seq,
   PutBytes(&p, s.rng_state);
   PutPending(&p, s.pending);
   PutLastTurn(&p, s.last_turn);
+  PutPins(&p, s.cache.pins);
   PutCells(&p, s.cache.cells);
   PutU64(&p, s.kv.size());
   PutU32(&p, kv_chunks);
@@ -421,7 +450,7 @@ absl::StatusOr<FullStateRecord> DecodeFullState(std::string_view value) {
   s.id = r.Bytes("id");
   rec.info.seq = r.U64("seq");
   s.model_fingerprint = r.Bytes("model fingerprint");
-  s.policy = r.Policy();
+  s.policy = r.Policy(frame.version);
   s.capacity = r.I32("capacity");
   s.kv_shape = r.Shape();
   s.cache.tokens_seen = r.I64("tokens seen");
@@ -435,10 +464,13 @@ absl::StatusOr<FullStateRecord> DecodeFullState(std::string_view value) {
   s.rng_state = r.Bytes("rng state");
   if (frame.version >= 2) s.pending = r.Pending("pending tokens");
   if (frame.version >= 3) s.last_turn = r.LastTurn();
+  if (frame.version >= 4) s.cache.pins = r.Pins();
   s.cache.cells = r.Cells("cells");
   rec.info.kv_bytes = r.U64("kv bytes");
   rec.info.kv_chunks = r.U32("kv chunks");
   SINKSERVE_RETURN_IF_ERROR(r.Finish(RecordType::kFullState));
+  // Pinned flags are not stored: they follow from the pins.
+  MarkPinned(&s.cache);
   rec.info.id = s.id;
   return rec;
 }
@@ -460,12 +492,14 @@ std::string EncodeDelta(std::string_view id, uint64_t seq,
   const uint8_t flags = (d.sampler_config ? kHasSampler : 0) |
                         (d.rng_state ? kHasRng : 0) |
                         (d.pending ? kHasPending : 0) |
-                        (d.last_turn ? kHasLastTurn : 0);
+                        (d.last_turn ? kHasLastTurn : 0) |
+                        (d.pins ? kHasPins : 0);
   PutU8(&p, flags);
   if (d.sampler_config) PutBytes(&p, *d.sampler_config);
   if (d.rng_state) PutBytes(&p, *d.rng_state);
   if (d.pending) PutPending(&p, *d.pending);
   if (d.last_turn) PutLastTurn(&p, *d.last_turn);
+  if (d.pins) PutPins(&p, *d.pins);
   PutU32(&p, static_cast<uint32_t>(d.evicted.size()));
   for (int64_t a : d.evicted) PutI64(&p, a);
   PutCells(&p, d.updated);
@@ -493,14 +527,16 @@ absl::StatusOr<DeltaRecord> DecodeDelta(std::string_view value) {
   const uint8_t flags = r.U8("flags");
   if (flags & kHasSampler) d.sampler_config = r.Bytes("sampler config");
   if (flags & kHasRng) d.rng_state = r.Bytes("rng state");
-  // Version 1 had no pending bit, versions 1 and 2 no last-turn bit: there
-  // they are unknown flags (below).
+  // Version 1 had no pending bit, versions 1 and 2 no last-turn bit,
+  // versions 1 to 3 no pins bit: there they are unknown flags (below).
   const uint8_t known = kHasSampler | kHasRng |
                         (frame.version >= 2 ? kHasPending : 0) |
-                        (frame.version >= 3 ? kHasLastTurn : 0);
+                        (frame.version >= 3 ? kHasLastTurn : 0) |
+                        (frame.version >= 4 ? kHasPins : 0);
   if ((flags & known & kHasPending) != 0)
     d.pending = r.Pending("pending tokens");
   if ((flags & known & kHasLastTurn) != 0) d.last_turn = r.LastTurn();
+  if ((flags & known & kHasPins) != 0) d.pins = r.Pins();
   d.evicted = r.Arrivals("evicted");
   d.updated = r.Cells("updated");
   d.rewritten = r.Cells("rewritten");

@@ -27,7 +27,9 @@ namespace sinkserve::memory::snapshot {
 //   2: pending tokens in full-state and delta records.
 //   3: the last completed turn (exactly-once retries) in full-state and
 //      delta records.
-inline constexpr uint8_t kFormatVersion = 3;
+//   4: pins (pinned system prompt and turns) in full-state and delta records,
+//      the policy's max_pinned in full states.
+inline constexpr uint8_t kFormatVersion = 4;
 inline constexpr size_t kFrameHeaderBytes = 16;
 
 enum class RecordType : uint8_t {

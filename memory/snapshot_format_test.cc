@@ -174,11 +174,28 @@ TEST(SnapshotFormatTest, PendingTokensRoundTrip) {
 // logprob count (u32 each), stop reason i32, four i64 usage counters.
 constexpr size_t kEmptyLastTurnBytes = 4 * 4 + 4 + 4 * 8;
 
-// The payload of `s` as version 3 writes it, with its empty last turn and
-// (for version 1) its empty pending-token count cut out: both sit just before
-// the cells (u32 count, 20 bytes each) and the K/V size fields.
-std::string OlderFullStatePayload(const SessionState& s, int version) {
+// The payload of `s` (no pins, max_pinned 0) as version 3 wrote it: version
+// 4's empty pin count (just before the cells: u32 count, 20 bytes each, then
+// the K/V size fields) and the policy's max pinned (after its decay) cut out.
+std::string Version3FullStatePayload(const SessionState& s) {
+  EXPECT_TRUE(s.cache.pins.empty());
+  EXPECT_EQ(s.policy.max_pinned, 0);
   std::string payload = EncodeFullState(s, 5, 2).substr(kFrameHeaderBytes);
+  const size_t pins_at = payload.size() - (8 + 4) - s.cache.cells.size() * 20 - 4 - 4;
+  EXPECT_EQ(payload.substr(pins_at, 4), std::string(4, '\0'));
+  payload.erase(pins_at, 4);
+  const size_t pinned_at = 4 + s.id.size() + 8 + 4 + s.model_fingerprint.size() + 4 +
+                           PolicyKindName(s.policy.kind).size() + 4 * 4;
+  EXPECT_EQ(payload.substr(pinned_at, 4), std::string(4, '\0'));
+  payload.erase(pinned_at, 4);
+  return payload;
+}
+
+// The payload of `s` as version 1 or 2 wrote it: version 3's with its empty
+// last turn and (for version 1) its empty pending-token count cut out: both
+// sit just before the cells.
+std::string OlderFullStatePayload(const SessionState& s, int version) {
+  std::string payload = Version3FullStatePayload(s);
   size_t at = payload.size() - (8 + 4) - s.cache.cells.size() * 20 - 4;
   at -= kEmptyLastTurnBytes;
   EXPECT_EQ(payload.substr(at, kEmptyLastTurnBytes),
@@ -192,8 +209,104 @@ std::string OlderFullStatePayload(const SessionState& s, int version) {
   return payload;
 }
 
+// A state as versions before 4 could hold: no pins, no pin limit.
+void DropPins(SessionState* s) {
+  s->cache.pins.clear();
+  MarkPinned(&s->cache);
+  s->policy.max_pinned = 0;
+}
+
+TEST(SnapshotFormatTest, ReadsVersion3FullStateWithoutPins) {
+  SessionState s = Random(11);
+  DropPins(&s);
+  const std::string payload = Version3FullStatePayload(s);
+  absl::StatusOr<FullStateRecord> rec =
+      DecodeFullState(Seal(RecordType::kFullState, 3, payload));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  s.kv.clear();
+  EXPECT_EQ(store_testing::Difference(rec->state, s), "");
+  EXPECT_TRUE(rec->state == s);
+  // The same bytes claiming version 4 are missing fields.
+  EXPECT_EQ(
+      DecodeFullState(Seal(RecordType::kFullState, 4, payload)).status().code(),
+      absl::StatusCode::kDataLoss);
+}
+
+TEST(SnapshotFormatTest, PinsRoundTripAndSetCellFlags) {
+  int with_pins = 0;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    SessionState s = Random(seed);
+    if (s.cache.pins.empty()) continue;
+    ++with_pins;
+    absl::StatusOr<FullStateRecord> rec = DecodeFullState(EncodeFullState(s, 1, 0));
+    ASSERT_TRUE(rec.ok()) << rec.status();
+    s.kv.clear();
+    EXPECT_TRUE(rec->state == s);
+    for (size_t i = 0; i < s.cache.cells.size(); ++i) {
+      EXPECT_EQ(rec->state.cache.cells[i].pinned, s.cache.cells[i].pinned) << i;
+    }
+    EXPECT_EQ(rec->state.policy.max_pinned, s.policy.max_pinned);
+  }
+  EXPECT_GT(with_pins, 3);
+}
+
+TEST(SnapshotFormatTest, PinsRideInDeltas) {
+  store_testing::SimOptions o;
+  o.policy = PolicyConfig{PolicyKind::kStreaming, 4, 64, 0, 1.0f};
+  int pin_deltas = 0;
+  SessionState prev = store_testing::SimStateAt("p", o, 0);
+  for (int64_t step = 1; step <= 30; ++step) {
+    SessionState next = store_testing::SimStepMetadata(prev, o, step);
+    next.kv = store_testing::SimRows(next, next.cache.cells);
+    absl::StatusOr<SessionDelta> delta = Diff(prev, next);
+    ASSERT_TRUE(delta.ok()) << delta.status();
+    if (delta->pins) ++pin_deltas;
+    absl::StatusOr<DeltaRecord> rec = DecodeDelta(EncodeDelta("p", step, *delta, 0));
+    ASSERT_TRUE(rec.ok()) << rec.status();
+    EXPECT_TRUE(rec->delta.pins == delta->pins) << step;
+    // Records carry no rows (those are K/V chunks): apply the decoded
+    // metadata with the delta's rows.
+    SessionDelta decoded = std::move(rec->delta);
+    decoded.kv = delta->kv;
+    SessionState applied = prev.Copy();
+    const absl::Status applied_status = ApplyDelta(decoded, &applied);
+    ASSERT_TRUE(applied_status.ok()) << step << ": " << applied_status;
+    EXPECT_EQ(store_testing::Difference(applied, next), "") << step;
+    for (size_t i = 0; i < next.cache.cells.size(); ++i) {
+      ASSERT_EQ(applied.cache.cells[i].pinned, next.cache.cells[i].pinned) << step;
+    }
+    prev = std::move(next);
+  }
+  EXPECT_GE(pin_deltas, 6);  // pins at steps 5, 10, ..., unpins at 7, 14, ...
+  // A version 3 delta cannot carry the pins bit.
+  SessionDelta with_pins;
+  with_pins.pins = std::vector<Pin>{Pin{"x", 0, 1}};
+  const std::string payload = EncodeDelta("p", 1, with_pins, 0).substr(kFrameHeaderBytes);
+  EXPECT_EQ(DecodeDelta(Seal(RecordType::kDelta, 3, payload)).status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST(SnapshotFormatTest, PinsThatLostTheirCellsAreDataLossOnRestore) {
+  SessionState s = Random(3);
+  DropPins(&s);
+  // A pin over an arrival that is not a cell: the record decodes, the state
+  // does not validate (a pinned cell was evicted).
+  int64_t gap = -1;
+  for (size_t i = 0; i + 1 < s.cache.cells.size() && gap < 0; ++i) {
+    if (s.cache.cells[i + 1].arrival > s.cache.cells[i].arrival + 1) {
+      gap = s.cache.cells[i].arrival + 1;
+    }
+  }
+  ASSERT_GE(gap, 0);
+  s.cache.pins.push_back(Pin{"t", gap, gap + 1});
+  absl::StatusOr<FullStateRecord> rec = DecodeFullState(EncodeFullState(s, 1, 0));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_FALSE(rec->state.ValidateMetadata().ok());
+}
+
 TEST(SnapshotFormatTest, ReadsVersion1FullStateWithoutPendingTokens) {
   SessionState s = Random(8);
+  DropPins(&s);
   s.pending.clear();
   s.last_turn = CompletedTurn();
   const std::string payload = OlderFullStatePayload(s, 1);
@@ -212,10 +325,11 @@ TEST(SnapshotFormatTest, ReadsVersion1FullStateWithoutPendingTokens) {
 
 TEST(SnapshotFormatTest, ReadsVersion2FullStateWithoutLastTurn) {
   SessionState s = Random(9);
+  DropPins(&s);
   s.pending = {{17, 3.25f}};
   s.last_turn = CompletedTurn();
   // Version 2 carries the pending tokens but no last turn.
-  std::string payload = EncodeFullState(s, 5, 2).substr(kFrameHeaderBytes);
+  std::string payload = Version3FullStatePayload(s);
   const size_t at = payload.size() - (8 + 4) - s.cache.cells.size() * 20 - 4 -
                     kEmptyLastTurnBytes;
   payload.erase(at, kEmptyLastTurnBytes);

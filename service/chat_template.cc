@@ -219,6 +219,7 @@ std::vector<TurnPiece> FormatTurnPieces(const ChatTemplate& t,
   switch (t.family) {
     case ChatFamily::kRaw:
       if (first) out.Content(system);
+      if (turn.system_only) break;
       out.Content(user);
       break;
     case ChatFamily::kLlama2:
@@ -230,6 +231,7 @@ std::vector<TurnPiece> FormatTurnPieces(const ChatTemplate& t,
         out.Content(Trim(system));
         out.Markup("\n<</SYS>>\n\n");
       }
+      if (turn.system_only) break;
       out.Content(Trim(user));
       out.Markup(" [/INST]");
       break;
@@ -239,6 +241,7 @@ std::vector<TurnPiece> FormatTurnPieces(const ChatTemplate& t,
         out.Content(Trim(system));
         out.Markup(kLlama3Eot);
       }
+      if (turn.system_only) break;
       out.Markup(Llama3Header("user"));
       out.Content(Trim(user));
       out.Markup(absl::StrCat(kLlama3Eot, Llama3Header("assistant")));
@@ -249,6 +252,7 @@ std::vector<TurnPiece> FormatTurnPieces(const ChatTemplate& t,
         out.Content(system);
         out.Markup(absl::StrCat(kImEnd, "\n"));
       }
+      if (turn.system_only) break;
       out.Markup("<|im_start|>user\n");
       out.Content(user);
       out.Markup(absl::StrCat(kImEnd, "\n<|im_start|>assistant\n"));
@@ -259,6 +263,7 @@ std::vector<TurnPiece> FormatTurnPieces(const ChatTemplate& t,
         out.Content(system);
         out.Markup("\n\n");
       }
+      if (turn.system_only) break;
       out.Content(user);
       out.Markup(" [/INST]");
       break;
@@ -268,6 +273,7 @@ std::vector<TurnPiece> FormatTurnPieces(const ChatTemplate& t,
         out.Content(system);
         out.Markup(absl::StrCat(t.eos_text, "\n"));
       }
+      if (turn.system_only) break;
       out.Markup("<|user|>\n");
       out.Content(user);
       out.Markup(absl::StrCat(t.eos_text, "\n<|assistant|>\n"));

@@ -105,6 +105,9 @@ struct TurnContext {
   // Used on the first turn only; "" = none. Mistral has no system role, so
   // it is prepended to the first user message there; raw prepends it as is.
   std::string_view system_prompt;
+  // Only what comes before the user's message on the first turn: BOS and the
+  // system prompt with its markup (what a session pins). Default: false.
+  bool system_only = false;
 };
 
 // One stretch of a formatted turn.

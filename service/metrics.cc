@@ -124,6 +124,18 @@ Metrics::Metrics(const MetricsOptions& options)
   replayed_turns_ = &AddCounter(r, "sinkserve_replayed_turns_total",
                                 "Turns retried by turn_id and answered from their stored "
                                 "result instead of running again.");
+  pins_ = &prometheus::BuildCounter()
+               .Name("sinkserve_pins_total")
+               .Help("Pins made: a session's system prompt or a turn kept whatever the "
+                     "cache policy evicts.")
+               .Register(r);
+  for (const char* what : {"system_prompt", "turn"}) pins_->Add({{"what", what}});
+  pin_refusals_ = &AddCounter(r, "sinkserve_pin_refusals_total",
+                              "Turns refused because pinning them would exceed the "
+                              "session's pinned-cell limit.");
+  unpins_ = &AddCounter(r, "sinkserve_unpins_total", "Pinned turns let go (UnpinTurn).");
+  pinned_cells_ = &AddGauge(r, "sinkserve_pinned_cells",
+                            "Pinned KV cache cells in the sessions in memory.");
   prompt_tokens_ = &AddCounter(r, "sinkserve_prompt_tokens_total",
                                "Prompt tokens fed (user turns and markup).");
   errors_ = &prometheus::BuildCounter()
@@ -239,6 +251,12 @@ void Metrics::AddGenerated(int64_t n) {
 }
 
 void Metrics::IncReplayedTurns() { replayed_turns_->Increment(); }
+void Metrics::IncPins(std::string_view what) {
+  pins_->Add({{"what", std::string(what)}}).Increment();
+}
+void Metrics::IncPinRefusals() { pin_refusals_->Increment(); }
+void Metrics::IncUnpins() { unpins_->Increment(); }
+void Metrics::SetPinnedCells(int64_t n) { pinned_cells_->Set(static_cast<double>(n)); }
 
 void Metrics::AddPromptTokens(int64_t n) {
   if (n > 0) prompt_tokens_->Increment(static_cast<double>(n));

@@ -87,6 +87,11 @@ class Metrics {
   // A turn answered from its stored result (same turn_id as the session's
   // last completed turn) instead of running again.
   void IncReplayedTurns();
+  // Pins: `what` is "system_prompt" or "turn"; a refusal is a pin over the
+  // session's limit (the turn is refused).
+  void IncPins(std::string_view what);
+  void IncPinRefusals();
+  void IncUnpins();
   // `code` is the gRPC code name ("NOT_FOUND"); "" counts as "UNKNOWN".
   void IncError(std::string_view code);
   // `policy` as in PolicyKind, lower case ("sirllm"); cells evicted.
@@ -104,6 +109,8 @@ class Metrics {
   // Bytes those sessions hold in K/V rows and cell metadata
   // (SessionMemoryBytes), what --max-session-memory-bytes bounds.
   void SetSessionMemoryBytes(int64_t n);
+  // Pinned cells in the sessions in memory.
+  void SetPinnedCells(int64_t n);
   // Checkpoints captured and not yet durable, and the bytes they hold.
   void SetCheckpointQueue(int64_t checkpoints, int64_t bytes);
 
@@ -136,6 +143,10 @@ class Metrics {
   prometheus::Counter* checkpoint_bytes_ = nullptr;
   prometheus::Counter* generated_ = nullptr;
   prometheus::Counter* replayed_turns_ = nullptr;
+  prometheus::Family<prometheus::Counter>* pins_ = nullptr;
+  prometheus::Counter* pin_refusals_ = nullptr;
+  prometheus::Counter* unpins_ = nullptr;
+  prometheus::Gauge* pinned_cells_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Family<prometheus::Counter>* errors_ = nullptr;
   prometheus::Family<prometheus::Counter>* evictions_ = nullptr;

@@ -17,6 +17,10 @@ replica. Each turn carries a random turn_id: when the server is unreachable
 or the stream breaks (UNAVAILABLE), the client reconnects and sends the turn
 again with the same id, and a turn that had already completed comes back from
 the server's record instead of running twice (deploy/RUNBOOK.md).
+
+Pinning keeps cells in the cache whatever the policy evicts: the system
+prompt (on by default, --pin-system-prompt) and turns sent with --pin (or
+`/pin TEXT` in interactive chat) until `/unpin TURN_ID` lets them go.
 """
 
 import argparse
@@ -44,12 +48,14 @@ def routing(session_id):
 
 
 class TurnRefused(Exception):
-    """The server refused one turn (TurnError) without ending the stream."""
+    """The server refused one turn or unpin (TurnError) without ending the
+    stream."""
 
-    def __init__(self, code, message):
+    def __init__(self, code, message, turn_id=""):
         super().__init__(f"{code}: {message}")
         self.code_name = code
         self.message = message
+        self.turn_id = turn_id
 
 
 class StreamBroken(Exception):
@@ -106,15 +112,32 @@ def session_config(pb, args):
         config.sampling.temperature = args.temperature
     if args.seed is not None:
         config.sampling.seed = args.seed
+    if args.max_pinned_cells is not None:
+        config.policy.max_pinned_cells = args.max_pinned_cells
+    # Left unset without the flag: the server then pins a system prompt
+    # when there is one.
+    if args.pin_system_prompt is not None:
+        config.pin_system_prompt = args.pin_system_prompt == "true"
     config.system_prompt = args.system_prompt
     config.chat_template = args.chat_template
     return config
 
 
 def describe(info):
-    return (f"{info.session_id}: {info.cells_cached} cells cached, "
+    text = (f"{info.session_id}: {info.cells_cached} cells cached, "
             f"{info.rounds} rounds, {info.tokens_seen} tokens seen, "
             f"template {info.chat_template or '(unset)'}")
+    if info.pinned_cells or info.pins:
+        text += f", {describe_pins(info)}"
+    return text
+
+
+def describe_pins(info):
+    """E.g. `17 pinned (system prompt 12, turn abc 5)`."""
+    pins = ", ".join(
+        f"{'turn ' + pin.turn_id if pin.turn_id else 'system prompt'} {pin.cells}"
+        for pin in info.pins)
+    return f"{info.pinned_cells} pinned" + (f" ({pins})" if pins else "")
 
 
 class ChatStream:
@@ -143,11 +166,16 @@ class ChatStream:
             raise RuntimeError(f"expected SessionOpened, got {response}")
         return response.opened
 
-    def turn(self, text, max_tokens, stop, out, turn_id=""):
+    def turn(self, text, max_tokens, stop, out, turn_id="", pin=False):
         """Sends a user turn, writes tokens to `out` as they arrive and returns
-        the TurnEnd. Ctrl-C cancels the turn (the server ends it CANCELLED)."""
+        the TurnEnd. Ctrl-C cancels the turn (the server ends it CANCELLED).
+        `pin` keeps the turn's cells until unpin(turn_id)."""
+        if pin and not turn_id:
+            # The server would refuse it: unpin needs the id to name the turn.
+            raise ValueError("a pinned turn needs a turn_id")
         self._requests.put(self._pb.ChatRequest(turn=self._pb.UserTurn(
-            text=text, max_tokens=max_tokens, stop=stop, turn_id=turn_id)))
+            text=text, max_tokens=max_tokens, stop=stop, turn_id=turn_id,
+            pin=pin)))
         while True:
             try:
                 for response in self._responses:
@@ -158,15 +186,34 @@ class ChatStream:
                     elif kind == "turn_end":
                         return response.turn_end
                     elif kind == "turn_error":
-                        error = response.turn_error
-                        raise TurnRefused(_code_name(error.code), error.message)
+                        raise _refused(response.turn_error)
                 raise StreamBroken("stream ended before the turn did")
             except KeyboardInterrupt:
                 self._requests.put(
                     self._pb.ChatRequest(cancel=self._pb.CancelTurn()))
 
+    def unpin(self, turn_id):
+        """Lets a pinned turn's cells go; returns the Unpinned answer. Raises
+        TurnRefused (NOT_FOUND) when no pinned turn has that id."""
+        self._requests.put(self._pb.ChatRequest(
+            unpin=self._pb.UnpinTurn(turn_id=turn_id)))
+        # Turns run one at a time and turn() waits for each TurnEnd, so the
+        # next response answers this unpin.
+        for response in self._responses:
+            kind = response.WhichOneof("kind")
+            if kind == "unpinned":
+                return response.unpinned
+            if kind == "turn_error":
+                raise _refused(response.turn_error)
+            raise RuntimeError(f"expected Unpinned, got {response}")
+        raise StreamBroken("stream ended before the unpin was answered")
+
     def close(self):
         self._requests.put(None)
+
+
+def _refused(error):
+    return TurnRefused(_code_name(error.code), error.message, error.turn_id)
 
 
 def _code_name(code):
@@ -196,21 +243,45 @@ class ReconnectingChat:
         for warning in opened.warnings:
             print(f"[warning: {warning}]", file=sys.stderr)
 
-    def turn(self, text, out, turn_id=None):
-        turn_id = turn_id or uuid.uuid4().hex
+    def turn(self, text, out, turn_id=None, pin=False):
+        turn_id = turn_id or new_turn_id()
+        return self._retrying(f"turn {turn_id}", lambda stream: stream.turn(
+            text, self._args.max_tokens, self._args.stop, out, turn_id, pin))
+
+    def unpin(self, turn_id):
+        """Returns the Unpinned answer, or None when a resent unpin found no
+        such pin: the try that the broken stream cut off had unpinned it
+        (unpinning twice is harmless, so a lost answer is simply resent)."""
+        sent = False
+
+        def send(stream):
+            nonlocal sent
+            try:
+                sent_before, sent = sent, True
+                return stream.unpin(turn_id)
+            except TurnRefused as e:
+                if sent_before and e.code_name == "NOT_FOUND":
+                    return None
+                raise
+        return self._retrying(f"unpin {turn_id}", send)
+
+    def _retrying(self, what, send):
+        """Runs send(stream) on an open stream, reconnecting and running it
+        again on a retryable error."""
         wait = self._backoff
         for attempt in range(self._retries + 1):
             try:
                 if self._stream is None:
                     self._connect()
-                return self._stream.turn(text, self._args.max_tokens, self._args.stop,
-                                         out, turn_id)
-            except Exception as e:  # grpc.RpcError, StreamBroken, TurnRefused
+                return send(self._stream)
+            except TurnRefused:
+                raise  # the stream goes on: keep it for the next request
+            except Exception as e:  # grpc.RpcError, StreamBroken
                 self.close()
                 if not retryable(e) or attempt == self._retries:
                     raise
                 print(f"\n[attempt {attempt + 1} failed ({_describe_error(e)}); "
-                      f"resending turn {turn_id}]", file=sys.stderr)
+                      f"resending {what}]", file=sys.stderr)
                 time.sleep(wait * random.uniform(0.5, 1.0))
                 wait = min(2 * wait, self._max_backoff)
 
@@ -218,6 +289,10 @@ class ReconnectingChat:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+def new_turn_id():
+    return uuid.uuid4().hex
 
 
 def _describe_error(e):
@@ -236,25 +311,71 @@ def cmd_chat(args, pb, stub):
         while True:
             if interactive:
                 try:
-                    text = input("> ")
+                    line = input("> ")
                 except EOFError:
                     break
+                try:
+                    chat_line(chat, line)
+                except TurnRefused as e:
+                    # Only this request was refused: the stream goes on.
+                    print(f"[refused: {e}]", file=sys.stderr)
             elif messages:
-                text = messages.pop(0)
+                send_turn(chat, messages.pop(0), turn_id, args.pin)
             else:
                 break
-            end = chat.turn(text, sys.stdout, turn_id)
-            usage, timings = end.usage, end.timings
-            replayed = ", replayed (the turn had completed)" if end.replayed else ""
-            print()
-            print(f"[{STOP_REASONS.get(end.stop_reason, end.stop_reason)}{replayed}: "
-                  f"{usage.prompt_tokens} prompt + {usage.generated_tokens} "
-                  f"generated tokens, {usage.cells_kept} cells kept, "
-                  f"{usage.cells_evicted} evicted; first token "
-                  f"{timings.time_to_first_token_ms:.1f} ms, "
-                  f"{timings.tokens_per_second:.1f} tok/s]", file=sys.stderr)
     finally:
         chat.close()
+
+
+def chat_line(chat, line):
+    """One interactive line: `/pin TEXT`, `/unpin TURN_ID` or a plain turn."""
+    command, _, rest = line.partition(" ")
+    if command == "/pin":
+        if not rest.strip():
+            print("[usage: /pin TEXT]", file=sys.stderr)
+            return
+        send_turn(chat, rest, None, pin=True)
+    elif command == "/unpin":
+        if len(rest.split()) != 1:
+            print("[usage: /unpin TURN_ID]", file=sys.stderr)
+            return
+        unpin_turn(chat, rest.strip())
+    else:
+        send_turn(chat, line, None, pin=False)
+
+
+def send_turn(chat, text, turn_id, pin):
+    if pin:
+        # Chosen here rather than in chat.turn: the user needs it to unpin.
+        turn_id = turn_id or new_turn_id()
+    end = chat.turn(text, sys.stdout, turn_id, pin)
+    print()
+    print_turn_end(end)
+    if pin:
+        print(f"[pinned turn {turn_id}; /unpin {turn_id} lets it go]",
+              file=sys.stderr)
+
+
+def print_turn_end(end):
+    usage, timings = end.usage, end.timings
+    replayed = ", replayed (the turn had completed)" if end.replayed else ""
+    pinned = f" ({usage.cells_pinned} pinned)" if usage.cells_pinned else ""
+    print(f"[{STOP_REASONS.get(end.stop_reason, end.stop_reason)}{replayed}: "
+          f"{usage.prompt_tokens} prompt + {usage.generated_tokens} "
+          f"generated tokens, {usage.cells_kept} cells kept{pinned}, "
+          f"{usage.cells_evicted} evicted; first token "
+          f"{timings.time_to_first_token_ms:.1f} ms, "
+          f"{timings.tokens_per_second:.1f} tok/s]", file=sys.stderr)
+
+
+def unpin_turn(chat, turn_id):
+    unpinned = chat.unpin(turn_id)
+    if unpinned is None:
+        print(f"[unpinned turn {turn_id} (before the stream broke)]",
+              file=sys.stderr)
+        return
+    print(f"[unpinned turn {unpinned.turn_id}: {unpinned.cells} cells let go, "
+          f"{unpinned.pinned_cells} still pinned]", file=sys.stderr)
 
 
 def cmd_create(args, pb, stub):
@@ -303,6 +424,13 @@ def add_config_flags(parser):
     group.add_argument("--chat-template", default="",
                        help="raw, llama2, llama3, chatml, mistral, zephyr; "
                             "empty = from the model")
+    group.add_argument("--max-pinned-cells", type=int, metavar="N",
+                       help="most cells the session may pin (taken from the "
+                            "window); 0 = only the server's minimum window "
+                            "limits pins")
+    group.add_argument("--pin-system-prompt", choices=("true", "false"),
+                       help="keep the system prompt's cells for the life of "
+                            "the session (default: on when there is one)")
 
 
 def build_parser():
@@ -332,6 +460,9 @@ def build_parser():
                            "UNAVAILABLE or a broken stream")
     chat.add_argument("--turn-id", default="",
                       help="turn id of a single --message (default: random)")
+    chat.add_argument("--pin", action="store_true",
+                      help="pin every --message (interactive: /pin TEXT, "
+                           "/unpin TURN_ID)")
     add_config_flags(chat)
     chat.set_defaults(run=cmd_chat)
 

@@ -29,7 +29,12 @@ constexpr char kSynopsis[] =
     "turn id (--turn-id, else a random one) and, when the server is unreachable\n"
     "or the stream breaks (UNAVAILABLE), chat reconnects and sends it again with\n"
     "the same id, up to --retries times with growing waits; a turn that had\n"
-    "completed comes back from the server's record instead of running twice.";
+    "completed comes back from the server's record instead of running twice.\n"
+    "Pinning: --pin keeps the turns' text in the session's cache until unpinned\n"
+    "(each pinned turn gets a turn id, printed to stderr); in a session typed on\n"
+    "stdin, `/pin TEXT` sends a pinned turn and `/unpin TURN_ID` lets one go. A\n"
+    "created session's system prompt is pinned unless --pin-system-prompt=false;\n"
+    "--policy 'streaming(4,252,pinned=64)' caps its pinned cells.";
 
 std::string_view StopName(v1::StopReason reason) {
   switch (reason) {
@@ -71,8 +76,12 @@ absl::Status FillPolicy(const std::string& spec, v1::CachePolicy* out) {
   out->set_window(policy->window);
   out->set_entropy(policy->entropy);
   out->set_decay(policy->decay);
+  out->set_max_pinned_cells(policy->max_pinned);
   return absl::OkStatus();
 }
+
+constexpr std::string_view kPinCommand = "/pin ";
+constexpr std::string_view kUnpinCommand = "/unpin ";
 
 }  // namespace
 
@@ -101,6 +110,11 @@ int RunChat(const std::vector<std::string>& args) {
         "--message: the turn's id for exactly-once retries; empty = a random one"},
        {"retries", FlagKind::kInt, "5",
         "--message: reconnect and resend this many times on UNAVAILABLE or a broken stream"},
+       {"pin", FlagKind::kBool, "false",
+        "pin every turn sent: its text stays in the cache until unpinned"},
+       {"pin-system-prompt", FlagKind::kString, "",
+        "a created session pins its system prompt: true, false; empty = the server's default "
+        "(pinned when there is one)"},
        {"quiet", FlagKind::kBool, "false", "no statistics on stderr"}});
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
   if (flags.GetString("session").empty()) {
@@ -119,6 +133,14 @@ int RunChat(const std::vector<std::string>& args) {
   }
   config->set_system_prompt(flags.GetString("system-prompt"));
   config->set_chat_template(flags.GetString("chat-template"));
+  if (const std::string pin = flags.GetString("pin-system-prompt"); !pin.empty()) {
+    if (pin != "true" && pin != "false") {
+      std::cerr << "sinkserve chat: --pin-system-prompt must be true or false, got " << pin
+                << "\n";
+      return kExitUsage;
+    }
+    config->set_pin_system_prompt(pin == "true");
+  }
   if (flags.GetDouble("temperature") >= 0) {
     config->mutable_sampling()->set_temperature(flags.GetDouble("temperature"));
   }
@@ -137,9 +159,14 @@ int RunChat(const std::vector<std::string>& args) {
   if (interactive) pthread_sigmask(SIG_BLOCK, &sigint, nullptr);
 
   auto channel = grpc::CreateChannel(flags.GetString("server"), grpc::InsecureChannelCredentials());
-  auto fill_turn = [&](const std::string& text) {
+  auto fill_turn = [&](const std::string& text, bool pin) {
     v1::UserTurn turn;
     turn.set_text(text);
+    if (pin) {
+      // UnpinTurn names a pinned turn by its id.
+      turn.set_pin(true);
+      turn.set_turn_id(service::NewTurnId());
+    }
     turn.set_max_tokens(flags.GetInt("max-tokens"));
     turn.set_ignore_eos(flags.GetBool("ignore-eos"));
     if (!flags.GetString("stop").empty()) turn.add_stop(flags.GetString("stop"));
@@ -152,18 +179,20 @@ int RunChat(const std::vector<std::string>& args) {
   auto print_end = [&](const v1::TurnEnd& end) {
     if (quiet) return;
     std::cerr << absl::StrFormat(
-        "[%s%s: %d prompt + %d generated tokens, %d cells kept, %d evicted; first token "
-        "%.1f ms, %.1f tokens/s]\n",
+        "[%s%s: %d prompt + %d generated tokens, %d cells kept (%d pinned), %d evicted; first "
+        "token %.1f ms, %.1f tokens/s]\n",
         StopName(end.stop_reason()), end.replayed() ? ", replayed (the turn had completed)" : "",
         end.usage().prompt_tokens(), end.usage().generated_tokens(), end.usage().cells_kept(),
-        end.usage().cells_evicted(), end.timings().time_to_first_token_ms(),
+        end.usage().cells_pinned(), end.usage().cells_evicted(),
+        end.timings().time_to_first_token_ms(),
         end.timings().tokens_per_second());
   };
   auto print_opened = [&](const v1::SessionOpened& opened) {
     if (quiet) return;
     std::cerr << absl::StrFormat(
-        "[session %s %s: %d cells cached, %d rounds, template %s]\n", opened.session().session_id(),
-        opened.restored() ? "restored from the store" : "attached", opened.session().cells_cached(),
+        "[session %s %s: %d cells cached (%d pinned), %d rounds, template %s]\n",
+        opened.session().session_id(), opened.restored() ? "restored from the store" : "attached",
+        opened.session().cells_cached(), opened.session().pinned_cells(),
         opened.session().rounds(), opened.session().chat_template());
     for (const std::string& w : opened.warnings()) std::cerr << "[warning: " << w << "]\n";
   };
@@ -172,9 +201,10 @@ int RunChat(const std::vector<std::string>& args) {
       std::cerr << "sinkserve chat: --retries out of range: " << flags.GetInt("retries") << "\n";
       return kExitUsage;
     }
-    v1::UserTurn turn = fill_turn(flags.GetString("message"));
+    v1::UserTurn turn = fill_turn(flags.GetString("message"), flags.GetBool("pin"));
     turn.set_turn_id(flags.GetString("turn-id").empty() ? service::NewTurnId()
                                                         : flags.GetString("turn-id"));
+    if (turn.pin() && !quiet) std::cerr << "[pinned as turn " << turn.turn_id() << "]\n";
     service::RetryOptions retry;
     retry.max_attempts = 1 + static_cast<int>(flags.GetInt("retries"));
     absl::StatusOr<service::ClientTurnResult> result = service::TurnWithRetries(
@@ -211,12 +241,33 @@ int RunChat(const std::vector<std::string>& args) {
       }
     }).detach();  // waits in sigwait until the process ends
   }
-  auto run_turn = [&](const std::string& text) -> absl::Status {
-    absl::StatusOr<service::ClientTurnResult> result = (*client)->Turn(fill_turn(text), print_delta);
+  auto run_turn = [&](const std::string& text, bool pin) -> absl::Status {
+    const v1::UserTurn turn = fill_turn(text, pin);
+    if (pin && !quiet) std::cerr << "[pinned as turn " << turn.turn_id() << "]\n";
+    absl::StatusOr<service::ClientTurnResult> result = (*client)->Turn(turn, print_delta);
     std::printf("\n");
     std::fflush(stdout);
-    if (!result.ok()) return result.status();
+    if (!result.ok()) {
+      // A refused pin (over the session's limit) ends only that turn.
+      if (result.status().code() == absl::StatusCode::kResourceExhausted && pin) {
+        std::cerr << "[not pinned: " << result.status().message() << "]\n";
+        return absl::OkStatus();
+      }
+      return result.status();
+    }
     print_end(result->end);
+    return absl::OkStatus();
+  };
+  auto run_unpin = [&](const std::string& turn_id) -> absl::Status {
+    absl::StatusOr<v1::Unpinned> unpinned = (*client)->Unpin(turn_id);
+    if (!unpinned.ok()) {
+      if (unpinned.status().code() != absl::StatusCode::kNotFound) return unpinned.status();
+      std::cerr << "[" << unpinned.status().message() << "]\n";
+      return absl::OkStatus();
+    }
+    std::cerr << absl::StrFormat("[unpinned turn %s: %d cells; %d pinned cells left]\n",
+                                 unpinned->turn_id(), unpinned->cells(),
+                                 unpinned->pinned_cells());
     return absl::OkStatus();
   };
 
@@ -228,7 +279,13 @@ int RunChat(const std::vector<std::string>& args) {
     }
     if (!std::getline(std::cin, line)) break;
     if (line.empty()) continue;
-    status = run_turn(line);
+    if (line.rfind(kUnpinCommand, 0) == 0) {
+      status = run_unpin(line.substr(kUnpinCommand.size()));
+    } else if (line.rfind(kPinCommand, 0) == 0) {
+      status = run_turn(line.substr(kPinCommand.size()), true);
+    } else {
+      status = run_turn(line, flags.GetBool("pin"));
+    }
   }
   if (status.ok()) status = (*client)->Close();
   if (!status.ok()) return Fail("chat", absl::UnknownError(service::DescribeStatus(status)));

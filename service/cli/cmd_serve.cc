@@ -85,6 +85,9 @@ int RunServe(const std::vector<std::string>& args) {
        "KV cells one session may keep (allocated up front; RESOURCE_EXHAUSTED beyond); "
        "also the size of a `full` cache"},
       {"max-tokens", FlagKind::kInt, "256", "tokens a turn generates when it does not say"},
+      {"min-window", FlagKind::kInt, "16",
+       "fewest window cells pins may leave a session (its pinned system prompt and turns take "
+       "at most window - this); a system prompt that would leave fewer is refused at creation"},
       {"max-tokens-limit", FlagKind::kInt, "8192", "most tokens a turn may ask for"},
       {"prefill-chunk", FlagKind::kInt, "256",
        "prompt tokens per forward step of one session (bounds others' latency)"},
@@ -124,10 +127,11 @@ int RunServe(const std::vector<std::string>& args) {
   for (const char* name : {"threads", "max-sessions-in-memory", "max-sessions", "max-message-bytes",
                            "max-prompt-tokens", "max-tokens", "max-tokens-limit", "prefill-chunk",
                            "max-batch", "stream-buffer", "max-session-cells",
-                           "checkpoint-threads", "max-waiting-turns"}) {
+                           "checkpoint-threads", "max-waiting-turns", "min-window"}) {
     const int64_t v = flags.GetInt(name);
     const bool may_be_zero = std::string(name) == "threads" || std::string(name) == "max-sessions" ||
-                             std::string(name) == "max-waiting-turns";
+                             std::string(name) == "max-waiting-turns" ||
+                             std::string(name) == "min-window";
     if (v < (may_be_zero ? 0 : 1) || v > (int64_t{1} << 30)) {
       std::cerr << "sinkserve serve: --" << name << " out of range: " << v << "\n";
       return kExitUsage;
@@ -186,6 +190,7 @@ int RunServe(const std::vector<std::string>& args) {
   options.sessions.max_step_tokens = flags.GetInt("prefill-chunk");
   options.sessions.max_session_cells = flags.GetInt("max-session-cells");
   options.limits.turn.max_prompt_tokens = flags.GetInt("max-prompt-tokens");
+  options.limits.turn.min_window = static_cast<int>(flags.GetInt("min-window"));
   options.limits.turn.default_max_tokens = flags.GetInt("max-tokens");
   options.limits.turn.max_tokens_limit = flags.GetInt("max-tokens-limit");
   options.limits.stream_buffer = flags.GetInt("stream-buffer");

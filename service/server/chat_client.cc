@@ -91,6 +91,25 @@ absl::StatusOr<ClientTurnResult> ChatClient::Turn(
   return Broken();
 }
 
+absl::StatusOr<v1::Unpinned> ChatClient::Unpin(const std::string& turn_id) {
+  if (closed_) return absl::FailedPreconditionError("the stream is closed");
+  v1::ChatRequest request;
+  request.mutable_unpin()->set_turn_id(turn_id);
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    if (!stream_->Write(request)) return Broken();
+  }
+  v1::ChatResponse response;
+  while (stream_->Read(&response)) {
+    if (response.has_unpinned()) return std::move(*response.mutable_unpinned());
+    if (response.has_turn_error()) {
+      return absl::Status(static_cast<absl::StatusCode>(response.turn_error().code()),
+                          response.turn_error().message());
+    }
+  }
+  return Broken();
+}
+
 bool ChatClient::CancelTurn() {
   std::lock_guard<std::mutex> lock(write_mu_);
   if (!in_turn_ || closed_) return false;

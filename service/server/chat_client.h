@@ -50,6 +50,10 @@ class ChatClient {
       const v1::UserTurn& turn,
       const std::function<void(const v1::TokenDelta&)>& on_delta = nullptr);
 
+  // Unpins a pinned turn (UnpinTurn) and waits for the answer: the server's
+  // Unpinned, or its TurnError (NOT_FOUND for an unknown turn id) as status.
+  absl::StatusOr<v1::Unpinned> Unpin(const std::string& turn_id);
+
   // Asks the server to stop the running turn (it then ends with
   // STOP_REASON_CANCELLED). Thread-safe against a Turn() running on another
   // thread; false when no turn runs or the stream is broken.

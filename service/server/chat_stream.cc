@@ -100,11 +100,16 @@ std::optional<ChatStream::WaitingTurn> ChatStream::NextTurnLocked() {
 }
 
 void ChatStream::PostTurn(WaitingTurn turn) {
-  service_->core().scheduler->Post(
-      [self = shared_from_this(), turn = std::move(turn)] { self->DoTurn(turn.turn, turn.received); });
+  service_->core().scheduler->Post([self = shared_from_this(), turn = std::move(turn)] {
+    if (turn.unpin.has_value()) {
+      self->DoUnpin(*turn.unpin);
+    } else {
+      self->DoTurn(turn.turn, turn.received);
+    }
+  });
 }
 
-void ChatStream::RefuseTurnLocked(const v1::UserTurn& turn, grpc::StatusCode code,
+void ChatStream::RefuseTurnLocked(const std::string& turn_id, grpc::StatusCode code,
                                   std::string message) {
   service_->CountError(grpc::Status(code, message));
   if (closing_ || cancelled_ || done_) return;
@@ -112,9 +117,41 @@ void ChatStream::RefuseTurnLocked(const v1::UserTurn& turn, grpc::StatusCode cod
   v1::TurnError* error = response.mutable_turn_error();
   error->set_code(static_cast<int32_t>(code));
   error->set_message(std::move(message));
-  error->set_turn_id(turn.turn_id());
+  error->set_turn_id(turn_id);
   queue_.push_back(std::move(response));
   WriteLocked();
+}
+
+void ChatStream::RefuseTurn(const std::string& turn_id, const absl::Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const grpc::Status grpc_status = ToGrpcStatus(status);
+    RefuseTurnLocked(turn_id, grpc_status.error_code(), grpc_status.error_message());
+  }
+  TurnEnded(absl::OkStatus(), nullptr);
+}
+
+void ChatStream::EnqueueLocked(std::unique_lock<std::mutex>& lock, WaitingTurn turn) {
+  StartRead(&read_buffer_);
+  if (turn_active_) {
+    // Pipelined: it runs after the turns before it. Bounded, so that a
+    // client cannot queue unbounded work (and memory) on one stream.
+    const int limit = service_->core().limits.max_waiting_turns;
+    if (static_cast<int>(waiting_.size()) >= limit) {
+      RefuseTurnLocked(turn.unpin ? turn.unpin->turn_id() : turn.turn.turn_id(),
+                       grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("turn refused: ", limit,
+                                    " turns already wait on this stream behind the "
+                                    "running one; send it again after a TurnEnd"));
+    } else {
+      waiting_.push_back(std::move(turn));
+    }
+    return;
+  }
+  turn_active_ = true;
+  cancel_turn_ = false;
+  lock.unlock();
+  PostTurn(std::move(turn));
 }
 
 void ChatStream::Drain() {
@@ -193,26 +230,22 @@ void ChatStream::OnReadDone(bool ok) {
         FinishLocked(ShuttingDown());
         return;
       }
-      WaitingTurn turn{std::move(*request.mutable_turn()), std::chrono::steady_clock::now()};
-      StartRead(&read_buffer_);
-      if (turn_active_) {
-        // Pipelined: it runs after the turns before it. Bounded, so that a
-        // client cannot queue unbounded work (and memory) on one stream.
-        const int limit = core.limits.max_waiting_turns;
-        if (static_cast<int>(waiting_.size()) >= limit) {
-          RefuseTurnLocked(turn.turn, grpc::StatusCode::RESOURCE_EXHAUSTED,
-                           absl::StrCat("turn refused: ", limit,
-                                        " turns already wait on this stream behind the "
-                                        "running one; send it again after a TurnEnd"));
-        } else {
-          waiting_.push_back(std::move(turn));
-        }
+      EnqueueLocked(lock, WaitingTurn{std::move(*request.mutable_turn()),
+                                      std::chrono::steady_clock::now(), std::nullopt});
+      return;
+    }
+    case v1::ChatRequest::kUnpin: {
+      if (!opened_) {
+        FinishLocked(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                  "open a session before unpinning a turn"));
         return;
       }
-      turn_active_ = true;
-      cancel_turn_ = false;
-      lock.unlock();
-      PostTurn(std::move(turn));
+      if (drain_ || service_->draining()) {
+        FinishLocked(ShuttingDown());
+        return;
+      }
+      EnqueueLocked(lock, WaitingTurn{v1::UserTurn(), std::chrono::steady_clock::now(),
+                                      std::move(*request.mutable_unpin())});
       return;
     }
     case v1::ChatRequest::kCancel:
@@ -223,7 +256,7 @@ void ChatStream::OnReadDone(bool ok) {
       return;
     case v1::ChatRequest::KIND_NOT_SET:
       FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                "empty request: set open, turn or cancel"));
+                                "empty request: set open, turn, cancel or unpin"));
       return;
   }
 }
@@ -290,8 +323,7 @@ absl::Status ChatStream::CheckFreshSessionFits(const engine::Session& session) c
   const ServingCore& core = service_->core();
   absl::StatusOr<ChatTemplate> chat_template = core.sessions->TemplateOf(session);
   if (!chat_template.ok()) return chat_template.status();
-  return CheckSystemPromptFits(*core.encoder, *chat_template, session.config().system_prompt,
-                               core.limits.turn);
+  return CheckSystemPromptFits(*core.encoder, *chat_template, session.config(), core.limits.turn);
 }
 
 void ChatStream::DoTurn(const v1::UserTurn& request,
@@ -310,10 +342,49 @@ void ChatStream::DoTurn(const v1::UserTurn& request,
   absl::StatusOr<std::unique_ptr<ChatTurn>> turn =
       ChatTurn::Create(context, session_, request, shared_from_this(), received);
   if (!turn.ok()) {
-    TurnEnded(turn.status(), nullptr);
+    if (IsTurnOnlyError(turn.status())) {
+      RefuseTurn(request.turn_id(), turn.status());
+    } else {
+      TurnEnded(turn.status(), nullptr);
+    }
     return;
   }
   core.scheduler->AddTurn(std::move(*turn));
+}
+
+void ChatStream::DoUnpin(const v1::UnpinTurn& unpin) {
+  memory::KvCache& cache = session_->sequence().mutable_cache();
+  int64_t cells = 0;
+  for (const memory::Pin& p : cache.pins()) {
+    if (p.label == unpin.turn_id()) cells = p.size();
+  }
+  absl::Status status = unpin.turn_id().empty()
+                            ? absl::InvalidArgumentError("UnpinTurn needs the turn_id of a pinned turn")
+                            : cache.Unpin(unpin.turn_id());
+  if (!status.ok()) {
+    RefuseTurn(unpin.turn_id(), status);
+    return;
+  }
+  session_->Touch();
+  if (Metrics* m = service_->metrics()) m->IncUnpins();
+  auto response = std::make_shared<v1::ChatResponse>();
+  v1::Unpinned* done = response->mutable_unpinned();
+  done->set_turn_id(unpin.turn_id());
+  done->set_cells(static_cast<uint32_t>(cells));
+  done->set_pinned_cells(static_cast<uint32_t>(cache.pinned()));
+  // Acknowledged once durable, like a turn: a restart keeps it unpinned.
+  std::shared_ptr<ChatStream> self = shared_from_this();
+  const std::string id = session_->id();
+  service_->core().sessions->CheckpointTurn(session_, [self, id, response](const absl::Status& s) {
+    if (!s.ok()) {
+      ServerLog("checkpoint of session ", id, " failed: ", s.ToString());
+      self->TurnEnded(absl::UnavailableError(absl::StrCat(
+                          "the unpin is done but its checkpoint failed: ", s.message())),
+                      nullptr);
+      return;
+    }
+    self->TurnEnded(absl::OkStatus(), response.get());
+  });
 }
 
 void ChatStream::ReplayTurn(const v1::UserTurn& request) {

@@ -61,9 +61,11 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   void OnDone() override;
 
  private:
+  // A turn, or an UnpinTurn: both run on the session in the order sent.
   struct WaitingTurn {
     v1::UserTurn turn;
     std::chrono::steady_clock::time_point received;
+    std::optional<v1::UnpinTurn> unpin;
   };
 
   ChatStream(SinkServeService* service, std::optional<std::string> routing_id)
@@ -73,6 +75,11 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   // `owned`: the outcome of claiming the session (SessionOwnership).
   void DoOpen(const v1::OpenSession& open, const absl::StatusOr<memory::Acquired>& owned);
   void DoTurn(const v1::UserTurn& turn, std::chrono::steady_clock::time_point received);
+  // Unpins a turn's cells; answers Unpinned once that is durable, or a
+  // TurnError NOT_FOUND.
+  void DoUnpin(const v1::UnpinTurn& unpin);
+  // Answers a refused turn with a TurnError and lets the next one start.
+  void RefuseTurn(const std::string& turn_id, const absl::Status& status);
   // Answers a turn that already completed (same turn_id) from the session's
   // stored result, once everything checkpointed so far is durable.
   void ReplayTurn(const v1::UserTurn& turn);
@@ -87,7 +94,9 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   // The next waiting turn, now marked running, if one may start.
   std::optional<WaitingTurn> NextTurnLocked();
   // Queues a TurnError for a refused turn; the stream goes on.
-  void RefuseTurnLocked(const v1::UserTurn& turn, grpc::StatusCode code, std::string message);
+  void RefuseTurnLocked(const std::string& turn_id, grpc::StatusCode code, std::string message);
+  // Queues a turn or unpin: runs it now if nothing runs, else waits (bounded).
+  void EnqueueLocked(std::unique_lock<std::mutex>& lock, WaitingTurn turn);
   void WriteLocked();
   // No more responses after those queued; Finish(status) once they are out.
   void FinishLocked(const grpc::Status& status);

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "engine/sequence.h"
 #include "memory/status_macros.h"
@@ -37,10 +38,102 @@ bool HasAnySetting(const v1::SamplingParams& p) {
          p.has_repeat_penalty() || p.has_presence_penalty() || p.has_seed();
 }
 
+
+constexpr char kTurnOnlyUrl[] = "type.sinkserve.dev/turn-only";
+
+// Pins this turn's prompt cells: the system prompt's on the first turn of a
+// session that pins it, the whole prompt of a turn that asks. On error
+// nothing stays pinned.
+absl::Status PinPrompt(const TurnEncoder& encoder, const ChatTemplate& chat_template,
+                       const TurnContext& text_context, const v1::UserTurn& request,
+                       absl::Span<const int32_t> prompt, const ChatTurnLimits& limits,
+                       engine::Session* session, Metrics* metrics) {
+  engine::Sequence& seq = session->sequence();
+  const int64_t limit = PinLimitOf(session->config().policy, limits);
+  int64_t system_cells = 0;
+  if (text_context.first_turn && session->config().pin_system_prompt &&
+      !text_context.system_prompt.empty()) {
+    TurnContext system = text_context;
+    system.system_only = true;
+    SINKSERVE_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                               encoder.Encode(FormatTurnPieces(chat_template, system)));
+    // The cells the prompt really starts with: a token that merges across
+    // the boundary with the user's text is not the system prompt's.
+    while (system_cells < static_cast<int64_t>(std::min(ids.size(), prompt.size())) &&
+           ids[system_cells] == prompt[system_cells]) {
+      ++system_cells;
+    }
+    if (system_cells > 0) {
+      if (absl::Status s = seq.PinNextTokens("", 0, system_cells, limit); !s.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the session's system prompt cannot be pinned: ", s.message()));
+      }
+    }
+  }
+  if (request.pin()) {
+    absl::Status s;
+    if (static_cast<int64_t>(prompt.size()) > system_cells) {
+      s = seq.PinNextTokens(request.turn_id(), system_cells,
+                            static_cast<int64_t>(prompt.size()) - system_cells, limit);
+    }
+    if (!s.ok()) {
+      seq.mutable_cache().ClosePins();  // nothing arrived: drops the system pin too
+      if (metrics != nullptr && s.code() == absl::StatusCode::kResourceExhausted) {
+        metrics->IncPinRefusals();
+      }
+      return TurnOnlyError(s);
+    }
+    if (metrics != nullptr) metrics->IncPins("turn");
+  }
+  if (system_cells > 0 && metrics != nullptr) metrics->IncPins("system_prompt");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
+absl::Status TurnOnlyError(absl::Status status) {
+  status.SetPayload(kTurnOnlyUrl, absl::Cord("1"));
+  return status;
+}
+
+bool IsTurnOnlyError(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kTurnOnlyUrl).has_value();
+}
+
+int64_t PinLimitOf(const memory::PolicyConfig& policy, const ChatTurnLimits& limits) {
+  int64_t limit = policy.PinLimit();
+  switch (policy.kind) {
+    case memory::PolicyKind::kWindow:
+    case memory::PolicyKind::kStreaming:
+    case memory::PolicyKind::kSirLlm:
+      limit = std::min<int64_t>(limit, std::max(0, policy.window - limits.min_window));
+      break;
+    case memory::PolicyKind::kFull:
+    case memory::PolicyKind::kRecompute:
+      break;
+  }
+  return limit;
+}
+
+absl::StatusOr<int64_t> SystemPromptCells(const TurnEncoder& encoder,
+                                          const ChatTemplate& chat_template,
+                                          std::string_view system_prompt) {
+  if (system_prompt.empty()) return 0;
+  TurnContext system;
+  system.first_turn = true;
+  system.system_only = true;
+  system.add_bos = encoder.tokenizer().vocab().add_bos;
+  system.system_prompt = system_prompt;
+  absl::StatusOr<std::vector<int32_t>> ids =
+      encoder.Encode(FormatTurnPieces(chat_template, system));
+  if (!ids.ok()) return absl::InvalidArgumentError(ids.status().message());
+  return static_cast<int64_t>(ids->size());
+}
+
 absl::Status CheckSystemPromptFits(const TurnEncoder& encoder, const ChatTemplate& chat_template,
-                                   std::string_view system_prompt, const ChatTurnLimits& limits) {
+                                   const engine::SessionConfig& config,
+                                   const ChatTurnLimits& limits) {
+  const std::string_view system_prompt = config.system_prompt;
   if (system_prompt.empty()) return absl::OkStatus();
   TurnContext first;
   first.first_turn = true;
@@ -56,7 +149,29 @@ absl::Status CheckSystemPromptFits(const TurnEncoder& encoder, const ChatTemplat
         "may add at most ", limits.max_prompt_tokens, " (--max-prompt-tokens), which leaves no "
         "room for a user message"));
   }
-  return absl::OkStatus();
+  if (!config.pin_system_prompt) return absl::OkStatus();
+  SINKSERVE_ASSIGN_OR_RETURN(const int64_t cells,
+                             SystemPromptCells(encoder, chat_template, system_prompt));
+  const memory::PolicyConfig& policy = config.policy;
+  const int64_t limit = PinLimitOf(policy, limits);
+  if (cells <= limit) return absl::OkStatus();
+  std::string why;
+  if (policy.max_pinned > 0 && policy.max_pinned == limit) {
+    why = absl::StrCat("the policy pins at most ", policy.max_pinned, " (max_pinned_cells)");
+  } else if (policy.kind == memory::PolicyKind::kWindow ||
+             policy.kind == memory::PolicyKind::kStreaming ||
+             policy.kind == memory::PolicyKind::kSirLlm) {
+    why = absl::StrCat("its window of ", policy.window, " cells must keep at least ",
+                       limits.min_window, " (serve --min-window), so at most ", limit,
+                       " can be pinned");
+  } else {
+    why = absl::StrCat("at most ", limit, " can be pinned");
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the pinned system prompt takes ", cells, " cells with its template markup, but policy ",
+      policy.ToString(), " cannot pin that many: ", why,
+      "; shorten the system prompt, give the policy a larger window, or set "
+      "pin_system_prompt to false"));
 }
 
 ChatTurn::ChatTurn(const ChatTurnContext& context, engine::Session* session,
@@ -124,6 +239,10 @@ absl::StatusOr<std::unique_ptr<ChatTurn>> ChatTurn::Create(
                                                      " prompt tokens is over the limit of ",
                                                      limits.max_prompt_tokens));
   }
+  if (request.pin() && request.turn_id().empty()) {
+    return TurnOnlyError(absl::InvalidArgumentError(
+        "a pinned turn needs a turn_id: UnpinTurn names the turn by it"));
+  }
 
   engine::Sampler* sampler = &session->sampler();
   if (request.has_sampling() && HasAnySetting(request.sampling())) {
@@ -163,7 +282,14 @@ absl::StatusOr<std::unique_ptr<ChatTurn>> ChatTurn::Create(
   turn->driver_ = std::make_unique<engine::TurnDriver>(session->sequence(), tokenizer, *sampler,
                                                        options, turn->callbacks_);
   turn->evicted_before_ = session->sequence().cache().evicted_total();
-  SINKSERVE_RETURN_IF_ERROR(turn->driver_->Start(*prompt));
+  // Last, so that nothing after it can fail with pins left for tokens that
+  // never come.
+  SINKSERVE_RETURN_IF_ERROR(PinPrompt(*context.encoder, chat_template, text_context, request,
+                                      *prompt, limits, session, context.metrics));
+  if (absl::Status s = turn->driver_->Start(*prompt); !s.ok()) {
+    session->sequence().mutable_cache().ClosePins();
+    return s;
+  }
   session->Touch();
   return turn;
 }
@@ -200,6 +326,8 @@ void ChatTurn::OnEnd(const absl::Status& status) {
     // Same RNG and penalty window as if the session's own sampler had run.
     (void)session_->sampler().RestoreState(override_sampler_->SaveState());
   }
+  // A turn that stopped before its whole prompt was fed pins what arrived.
+  session_->sequence().mutable_cache().ClosePins();
   // Failed and cancelled turns fed, generated and evicted too.
   const engine::GenerationStats& stats = driver_->stats();
   const int64_t evicted = session_->sequence().cache().evicted_total() - evicted_before_;
@@ -230,6 +358,7 @@ void ChatTurn::OnEnd(const absl::Status& status) {
   end->mutable_usage()->set_generated_tokens(stats.generated_tokens);
   end->mutable_usage()->set_cells_kept(session_->sequence().cache().size());
   end->mutable_usage()->set_cells_evicted(evicted);
+  end->mutable_usage()->set_cells_pinned(session_->sequence().cache().pinned());
   if (first_token_.has_value()) {
     end->mutable_timings()->set_time_to_first_token_ms(1e3 * Seconds(*first_token_ - received_));
   }

@@ -59,14 +59,37 @@ struct ChatTurnLimits {
   int default_max_tokens = 256;
   // Most tokens a turn may ask for. Default: 8192.
   int max_tokens_limit = 8192;
+  // Fewest window cells pins may leave a session with a windowed policy
+  // (window, streaming, sirllm): its pinned system prompt and turns take at
+  // most window - min_window cells. Default: 16.
+  int min_window = 16;
 };
 
-// RESOURCE_EXHAUSTED when the first turn's markup and the system prompt take
-// `limits.max_prompt_tokens` or more on their own: no user message would fit,
-// so every turn of the session would fail. Checked when a session is created
-// or first opened, where the client can still fix its config.
+// Most cells a session under `policy` may pin: the policy's own limit, and
+// for windowed policies what leaves `limits.min_window` cells of window.
+int64_t PinLimitOf(const memory::PolicyConfig& policy, const ChatTurnLimits& limits);
+
+// Cells the system prompt takes with its template markup (and BOS) at the
+// start of the first turn; 0 without a system prompt.
+absl::StatusOr<int64_t> SystemPromptCells(const TurnEncoder& encoder,
+                                          const ChatTemplate& chat_template,
+                                          std::string_view system_prompt);
+
+// Checked when a session is created or first opened, where the client can
+// still fix its config. RESOURCE_EXHAUSTED when the first turn's markup and
+// the system prompt take `limits.max_prompt_tokens` or more on their own: no
+// user message would fit, so every turn of the session would fail.
+// INVALID_ARGUMENT, with the numbers, when the system prompt is to be pinned
+// and its cells exceed PinLimitOf(config.policy, limits).
 absl::Status CheckSystemPromptFits(const TurnEncoder& encoder, const ChatTemplate& chat_template,
-                                   std::string_view system_prompt, const ChatTurnLimits& limits);
+                                   const engine::SessionConfig& config,
+                                   const ChatTurnLimits& limits);
+
+// Errors that refuse one turn (a pin over the session's limit, a pin
+// without a turn_id) rather than end its stream: the stream answers them with
+// a TurnError and goes on.
+absl::Status TurnOnlyError(absl::Status status);
+bool IsTurnOnlyError(const absl::Status& status);
 
 struct ChatTurnContext {
   ServingModel* model = nullptr;

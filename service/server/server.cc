@@ -218,6 +218,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   session_options.on_fenced = [self = server.get()](const std::string& id) {
     self->PostEvict(id);
   };
+  // Refused before it is stored: no turn of such a session could run, or its
+  // pinned system prompt would leave too small a window.
+  session_options.check_new_session = [encoder = server->encoder_.get(),
+                                       model = server->model_.get(),
+                                       limits = options.limits.turn](
+                                          const engine::SessionConfig& config) -> absl::Status {
+    SINKSERVE_ASSIGN_OR_RETURN(ChatTemplateSelection selection,
+                               SelectChatTemplate(config.chat_template, model->chat_info));
+    return CheckSystemPromptFits(*encoder, selection.chat_template, config, limits);
+  };
   // The scheduler exists only later; writers may call this before and after.
   auto scheduler_slot = std::make_shared<std::atomic<Scheduler*>>(nullptr);
   session_options.on_checkpoint_room = [scheduler_slot] {

@@ -38,6 +38,7 @@ void ToProtoPolicy(const memory::PolicyConfig& policy, v1::CachePolicy* out) {
   out->set_window(policy.window);
   out->set_entropy(policy.entropy);
   out->set_decay(policy.decay);
+  out->set_max_pinned_cells(policy.max_pinned);
 }
 
 void ToProtoSampling(const engine::SamplerOptions& s, v1::SamplingParams* out) {
@@ -58,8 +59,21 @@ void SetConfig(const engine::SessionConfig& c, v1::SessionInfo* info) {
   ToProtoPolicy(c.policy, info->mutable_config()->mutable_policy());
   ToProtoSampling(c.sampling, info->mutable_config()->mutable_sampling());
   info->mutable_config()->set_system_prompt(c.system_prompt);
+  info->mutable_config()->set_pin_system_prompt(c.pin_system_prompt);
   info->mutable_config()->set_chat_template(c.chat_template);
   info->set_chat_template(c.chat_template);
+}
+
+// Pins as the cache holds them (cells that arrived).
+void SetPins(const memory::KvCacheState& cache, v1::SessionInfo* info) {
+  int64_t pinned = 0;
+  for (const memory::Pin& p : cache.pins) {
+    v1::Pin* pin = info->add_pins();
+    pin->set_turn_id(p.label);
+    pin->set_cells(static_cast<uint32_t>(p.size()));
+    pinned += p.size();
+  }
+  info->set_pinned_cells(static_cast<uint32_t>(pinned));
 }
 
 v1::SessionInfo FromStored(const memory::SessionInfo& stored) {
@@ -181,6 +195,7 @@ absl::StatusOr<engine::SessionConfig> SessionManager::EngineConfig(
     out.policy.window = static_cast<int>(std::min<uint32_t>(p.window(), 1u << 30));
     out.policy.entropy = static_cast<int>(std::min<uint32_t>(p.entropy(), 1u << 30));
     out.policy.decay = p.decay() == 0 ? 1.0f : p.decay();
+    out.policy.max_pinned = static_cast<int>(std::min<uint32_t>(p.max_pinned_cells(), 1u << 30));
   }
   if (absl::Status s = out.policy.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("bad cache policy: ", s.message()));
@@ -204,6 +219,9 @@ absl::StatusOr<engine::SessionConfig> SessionManager::EngineConfig(
   if (!selection->warning.empty()) warnings->push_back(selection->warning);
   out.chat_template = std::string(ChatFamilyName(selection->chat_template.family));
   out.system_prompt = config.system_prompt();
+  // Default on with a system prompt: an assistant must not forget who it is.
+  out.pin_system_prompt = !out.system_prompt.empty() && (!config.has_pin_system_prompt() ||
+                                                         config.pin_system_prompt());
   out.max_step_tokens = options_.max_step_tokens;
   if (!out.policy.Budget().has_value()) {
     const int context = model_->backend->config().context_length;
@@ -218,6 +236,9 @@ absl::StatusOr<engine::SessionConfig> SessionManager::EngineConfig(
 absl::StatusOr<std::unique_ptr<engine::Session>> SessionManager::NewSession(
     const std::string& id, const v1::SessionConfig& config, std::vector<std::string>* warnings) {
   SINKSERVE_ASSIGN_OR_RETURN(engine::SessionConfig engine_config, EngineConfig(config, warnings));
+  if (options_.check_new_session) {
+    SINKSERVE_RETURN_IF_ERROR(options_.check_new_session(engine_config));
+  }
   if (options_.max_sessions > 0 && stored_sessions_ >= options_.max_sessions) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the server holds its limit of ", options_.max_sessions, " sessions"));
@@ -333,6 +354,7 @@ absl::StatusOr<v1::SessionInfo> SessionManager::Info(const std::string& id) cons
   SINKSERVE_ASSIGN_OR_RETURN(engine::SessionConfig config,
                              engine::Session::ConfigOf(stored->state));
   SetConfig(config, &info);
+  SetPins(stored->state.cache, &info);
   return info;
 }
 
@@ -602,6 +624,9 @@ void SessionManager::UpdateGauges() const {
         entry.session->sequence().cache().size();
   }
   for (const auto& [policy, n] : cells) metrics_->SetCacheCells(policy, n);
+  int64_t pinned = 0;
+  for (const auto& [id, entry] : sessions_) pinned += entry.session->sequence().cache().pinned();
+  metrics_->SetPinnedCells(pinned);
   metrics_->SetSessionMemoryBytes(memory_bytes_);
 }
 
@@ -615,6 +640,7 @@ v1::SessionInfo SessionManager::InfoOf(const engine::Session& session) const {
   info.set_tokens_seen(cache.tokens_seen());
   info.set_created_unix_ms(UnixMillis(session.created_at()));
   info.set_updated_unix_ms(UnixMillis(session.updated_at()));
+  SetPins(cache.State(), &info);
   return info;
 }
 

@@ -60,6 +60,10 @@ struct SessionManagerOptions {
   // Most KV cells a session's policy may keep (its K/V memory is allocated up
   // front); a bigger budget is RESOURCE_EXHAUSTED. Default: 65536.
   int max_session_cells = 65536;
+  // Checks a new session's resolved configuration before it is created and
+  // stored (the server refuses a pinned system prompt that leaves too small
+  // a window). Default: none.
+  std::function<absl::Status(const engine::SessionConfig&)> check_new_session;
   // A detached session not used for this long is checkpointed and dropped
   // from memory; zero = never. Checked whenever the manager is called (see
   // Sweep), so on a server without any traffic it lingers until the next

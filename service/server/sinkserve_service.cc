@@ -126,18 +126,8 @@ grpc::ServerUnaryReactor* SinkServeService::CreateSession(grpc::CallbackServerCo
   if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
   if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
   RunOwned(reactor, request->session_id(), [this, request, response]() -> absl::Status {
-    // Refused before it is stored: no turn of it could ever run. A bad
-    // template name is left for CreateDetached to report.
-    const v1::SessionConfig& config = request->config();
-    if (absl::StatusOr<ChatTemplateSelection> selection =
-            SelectChatTemplate(config.chat_template(), core_.model->chat_info);
-        selection.ok()) {
-      if (absl::Status fits = CheckSystemPromptFits(*core_.encoder, selection->chat_template,
-                                                    config.system_prompt(), core_.limits.turn);
-          !fits.ok()) {
-        return fits;
-      }
-    }
+    // The session manager checks the resolved config before storing it
+    // (SessionManagerOptions::check_new_session).
     absl::StatusOr<v1::SessionInfo> info =
         core_.sessions->CreateDetached(request->session_id(), request->config());
     if (!info.ok()) return info.status();

@@ -421,37 +421,48 @@ int SinksOf(const PolicyConfig& config) {
              : 0;
 }
 
-// Eviction with pinned cells among `cells`: sinks and pinned cells are
-// protected, the window is the last (window - pinned outside the sinks)
+// Eviction with `pinned` pinned cells among `cells`: sinks and pinned cells
+// are protected, the window is the last (window - pinned outside the sinks)
 // unprotected cells, and SirLLM keeps its `entropy` best among the
-// unprotected cells in front of the window. O(n) plus the SirLLM selection.
+// unprotected cells in front of the window. Streaming and window evict the
+// oldest unprotected cells: a walk from the sinks, O(sinks + pinned cells
+// passed + evicted). SirLLM: one pass over the cells plus the selection.
 void SelectEvictedPinned(absl::Span<const Cell> cells,
-                         const PolicyConfig& config, int budget,
+                         const PolicyConfig& config, int budget, int pinned,
                          std::vector<int32_t>* evicted) {
   const int n = static_cast<int>(cells.size());
   const int sinks = std::min(SinksOf(config), n);
-  int pinned_outside = 0;
-  for (int i = sinks; i < n; ++i) pinned_outside += cells[i].pinned ? 1 : 0;
-  // Cells of the middle part (neither sink, pinned nor window) to keep.
+  int pinned_outside = pinned;
+  for (int i = 0; i < sinks; ++i) pinned_outside -= cells[i].pinned ? 1 : 0;
   const int entropy =
       config.kind == PolicyKind::kSirLlm ? config.entropy : 0;
+  // Never below one cell: the newest must survive (see PinLimit).
   const int window = std::max(1, budget - SinksOf(config) - entropy -
                                      pinned_outside);
-  // Walk back over the unprotected cells: the first `window` are the window,
-  // the rest are candidates (ascending once reversed).
-  int in_window = 0;
-  for (int i = n - 1; i >= sinks; --i) {
-    if (cells[i].pinned) continue;
-    if (in_window < window) {
-      ++in_window;
-      continue;
+  const int unprotected = n - sinks - pinned_outside;
+  if (entropy == 0) {
+    int excess = unprotected - window;
+    for (int i = sinks; i < n && excess > 0; ++i) {
+      if (cells[i].pinned) continue;
+      evicted->push_back(i);
+      --excess;
     }
-    evicted->push_back(i);
+    return;
   }
-  std::reverse(evicted->begin(), evicted->end());
-  if (entropy == 0 || evicted->empty()) return;
+  // SirLLM: the unprotected cells in front of the window are candidates
+  // (ascending); all but `entropy` of them go.
+  int candidates = unprotected - window;
+  for (int i = sinks; i < n && candidates > 0; ++i) {
+    if (cells[i].pinned) continue;
+    evicted->push_back(i);
+    --candidates;
+  }
   const int keep = std::min<int>(entropy, static_cast<int>(evicted->size()));
   const int drop = static_cast<int>(evicted->size()) - keep;
+  if (drop == 0) {
+    evicted->clear();
+    return;
+  }
   std::nth_element(evicted->begin(), evicted->begin() + drop, evicted->end(),
                    WorseCell{cells});
   evicted->resize(drop);
@@ -471,7 +482,7 @@ void SelectEvicted(absl::Span<const Cell> cells, const PolicyConfig& config,
         cells.begin(), cells.end(), [](const Cell& c) { return c.pinned; }));
   }
   if (pinned > 0 && config.kind != PolicyKind::kRecompute) {
-    SelectEvictedPinned(cells, config, *budget, evicted);
+    SelectEvictedPinned(cells, config, *budget, pinned, evicted);
     return;
   }
   const int excess = n - *budget;

@@ -179,6 +179,31 @@ TEST(ChatTemplateTest, PiecesKeepMarkupApartFromContent) {
   EXPECT_THAT(FormatTurnPieces(Template(ChatFamily::kRaw), bare), ElementsAre(content("Once")));
 }
 
+// What a session pins: everything before the user's message on the first
+// turn, which is a prefix of the whole turn in every family.
+TEST(ChatTemplateTest, SystemOnlyIsThePrefixBeforeTheUserMessage) {
+  const std::pair<ChatFamily, std::string> want[] = {
+      {ChatFamily::kRaw, "Be brief."},
+      {ChatFamily::kLlama2, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n"},
+      {ChatFamily::kLlama3,
+       "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"},
+      {ChatFamily::kChatMl, "<|im_start|>system\nBe brief.<|im_end|>\n"},
+      {ChatFamily::kMistral, "<s>[INST] Be brief.\n\n"},
+      {ChatFamily::kZephyr, "<|system|>\nBe brief.</s>\n"},
+  };
+  for (const auto& [family, prefix] : want) {
+    const ChatTemplate t = Template(family);
+    TurnContext system = First("Hello", "Be brief.");
+    system.add_bos = family == ChatFamily::kLlama2 || family == ChatFamily::kLlama3 ||
+                     family == ChatFamily::kMistral;
+    TurnContext whole = system;
+    system.system_only = true;
+    EXPECT_EQ(FormatTurn(t, system), prefix) << ChatFamilyName(family);
+    EXPECT_EQ(FormatTurn(t, whole).substr(0, prefix.size()), prefix) << ChatFamilyName(family);
+    EXPECT_GT(FormatTurn(t, whole).size(), prefix.size());
+  }
+}
+
 TEST(ChatTemplateTest, ParseNames) {
   EXPECT_EQ(*ParseChatFamily("LLaMA3"), ChatFamily::kLlama3);
   EXPECT_EQ(*ParseChatFamily("llama-2"), ChatFamily::kLlama2);

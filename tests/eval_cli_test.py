@@ -161,6 +161,35 @@ class Recall(unittest.TestCase):
                 for x in row[2:]:
                     self.assertAlmostEqual(float(x), float(row[-1]), delta=2e-3, msg=row)
 
+    def test_pinned_fact(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "filler.txt")
+            with open(path, "w") as f:
+                f.write(STORY * 2)
+            # Gaps longer than the filler: it is read cyclically.
+            args = ["eval", "recall", "--model", MODEL, "--file", path, "--budget", "64",
+                    "--gaps", "0,300,1500", "--trials", "2", "--prefix", "0", "--pin-fact",
+                    "--round-tokens", "16", "--threads", "1"]
+            r = run(*args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(run(*args).stdout, r.stdout)  # deterministic
+            lines = r.stdout.strip().splitlines()
+            header = next(l for l in lines if l.startswith("gap")).split()
+            self.assertEqual(header[2:], ["streaming(4,60)", "streaming(4,60)+pin",
+                                          "sirllm(4,32,28,0.9)", "sirllm(4,32,28,0.9)+pin"])
+            rows = {l.split()[0]: [float(x) for x in l.split()[1:]]
+                    for l in lines if re.match(r"\d", l)}
+            self.assertEqual(sorted(rows, key=int), ["0", "300", "1500"])
+            # Right after the fact nothing was evicted yet: pinning changes
+            # nothing, and streaming equals SirLLM.
+            first, s, sp, e, ep = rows["0"]
+            self.assertAlmostEqual(s, sp, delta=1e-9)
+            self.assertAlmostEqual(s, e, delta=1e-9)
+            self.assertAlmostEqual(e, ep, delta=1e-9)
+            # Far past the window the caches differ, so do the NLLs.
+            s, sp = rows["1500"][1], rows["1500"][2]
+            self.assertNotAlmostEqual(s, sp, delta=1e-6)
+
     def test_usage(self):
         self.assertEqual(run("eval").returncode, 2)
         self.assertEqual(run("eval", "frobnicate").returncode, 2)

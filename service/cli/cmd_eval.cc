@@ -37,7 +37,12 @@ constexpr char kSynopsis[] =
     "repeated needle's tokens for streaming(4,B-4), sirllm at\n"
     "budget B (E = B/4 and B/2, decay 1 and 0.9 per R tokens) and full (when the\n"
     "sequence fits the model's context); `first` is the same tokens' NLL at their\n"
-    "first occurrence, i.e. what the model pays with nothing to recall.";
+    "first occurrence, i.e. what the model pays with nothing to recall.\n"
+    "--pin-fact: the fact (--cue, the needle, `.`) opens the session like a system\n"
+    "prompt (after --prefix filler tokens, default 0 here) and long gaps follow\n"
+    "(e.g. --gaps 5000,20000,100000; the filler is read cyclically); columns are\n"
+    "streaming(4,B-4) and sirllm(4,B/2,B/2-4,0.9), each also with the fact pinned.\n"
+    "One pass per trial and column: at each gap a copy of the cache is probed.";
 
 // Candidates the needle is drawn from: normal tokens of the filler ranked by
 // frequency, rarest first, from rank `skip` on, `take` of them.
@@ -78,7 +83,176 @@ struct Column {
   std::string name;
   memory::PolicyConfig policy;
   bool full = false;
+  bool pin = false;  // --pin-fact: the fact's cells are pinned
 };
+
+// A copy of `seq` (cells, pins, K/V rows, pending tokens) fed on its own.
+absl::StatusOr<std::unique_ptr<engine::Sequence>> Fork(engine::Backend* backend,
+                                                       const engine::Sequence& seq) {
+  const memory::KvCache& cache = seq.cache();
+  const std::vector<int32_t> slots(cache.context_slots().begin(), cache.context_slots().end());
+  std::string rows;
+  if (absl::Status s = seq.kv()->ExportSlots(slots, &rows); !s.ok()) return s;
+  absl::StatusOr<std::unique_ptr<engine::KvStorage>> kv = backend->NewKvStorage(cache.capacity());
+  if (!kv.ok()) return kv.status();
+  if (absl::Status s = (*kv)->ImportSlots(slots, rows); !s.ok()) return s;
+  return engine::Sequence::FromParts(backend, cache.Copy(), std::move(*kv), seq.pending(),
+                                     seq.max_step_tokens());
+}
+
+// Feeds `ids` one at a time (each fed token is one step, as in ScoreTokens);
+// nll[i] = -ln p(ids[i] | what came before), for i >= 1, nll[0] = 0.
+absl::StatusOr<std::vector<double>> FeedScored(engine::Sequence* seq,
+                                               absl::Span<const int32_t> ids) {
+  std::vector<double> nll(ids.size(), 0.0);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) nll[i] = engine::Surprisal(seq->last_logits(), ids[i]);
+    if (absl::Status s = seq->Feed(ids.subspan(i, 1), engine::LogitsMode::kLast); !s.ok()) {
+      return s;
+    }
+  }
+  return nll;
+}
+
+struct PinnedRecallSetup {
+  int64_t budget = 0;
+  int64_t prefix = 0;
+  int64_t round_tokens = 0;
+  int64_t trials = 0;
+  std::vector<int64_t> gaps;  // ascending
+};
+
+// --pin-fact: one pass per trial and column over the longest gap, probing a
+// fork of the cache at every gap. Prints the table; kExitOk or an error code.
+int RunPinnedRecall(engine::Backend* backend, const engine::Vocab& vocab,
+                    absl::Span<const int32_t> filler, absl::Span<const int32_t> cue,
+                    absl::Span<const int32_t> recall_cue, int32_t period,
+                    const std::vector<std::vector<int32_t>>& needles,
+                    const PinnedRecallSetup& setup) {
+  std::vector<Column> columns;
+  for (int kind = 0; kind < 2; ++kind) {
+    for (bool pin : {false, true}) {
+      Column c;
+      c.pin = pin;
+      c.policy.sinks = 4;
+      if (kind == 0) {
+        c.policy.kind = memory::PolicyKind::kStreaming;
+        c.policy.window = static_cast<int>(setup.budget - 4);
+      } else {
+        c.policy.kind = memory::PolicyKind::kSirLlm;
+        c.policy.entropy = static_cast<int>(setup.budget / 2);
+        c.policy.window = static_cast<int>(setup.budget - 4 - setup.budget / 2);
+        c.policy.decay = 0.9f;
+      }
+      c.name = c.policy.ToString() + (pin ? "+pin" : "");
+      columns.push_back(c);
+    }
+  }
+  std::cout << absl::StrFormat("%-7s %7s", "gap", "first");
+  for (const Column& c : columns) std::cout << absl::StrFormat(" %24s", c.name);
+  std::cout << std::endl;
+
+  const size_t n_gaps = setup.gaps.size();
+  // sums[g][c], squares[g][c]: mean NLL of the repeated needle per trial.
+  std::vector<std::vector<double>> sums(n_gaps, std::vector<double>(columns.size(), 0));
+  std::vector<std::vector<double>> squares = sums;
+  double first_sum = 0;
+  const int64_t longest = setup.gaps.back();
+  const auto start = absl::Now();
+  for (int64_t t = 0; t < setup.trials; ++t) {
+    // Each trial reads the filler from its own offset, cyclically.
+    const int64_t offset = (t * static_cast<int64_t>(filler.size())) / setup.trials;
+    auto filler_at = [&](int64_t i) { return filler[(offset + i) % filler.size()]; };
+    std::vector<int32_t> fact = {vocab.bos_id >= 0 ? vocab.bos_id : 0};
+    for (int64_t i = 0; i < setup.prefix; ++i) fact.push_back(filler_at(i));
+    const int64_t fact_first = static_cast<int64_t>(fact.size());
+    fact.insert(fact.end(), cue.begin(), cue.end());
+    const int64_t needle_at = static_cast<int64_t>(fact.size());
+    fact.insert(fact.end(), needles[t].begin(), needles[t].end());
+    fact.push_back(period);
+    std::vector<int32_t> probe(recall_cue.begin(), recall_cue.end());
+    const int64_t probe_needle_at = static_cast<int64_t>(probe.size());
+    probe.insert(probe.end(), needles[t].begin(), needles[t].end());
+    const int64_t len = static_cast<int64_t>(needles[t].size());
+    auto mean = [len](const std::vector<double>& nll, int64_t at) {
+      double sum = 0;
+      for (int64_t k = 0; k < len; ++k) sum += nll[at + k];
+      return sum / len;
+    };
+    for (size_t c = 0; c < columns.size(); ++c) {
+      const Column& column = columns[c];
+      engine::SequenceOptions options;
+      options.policy = column.policy;
+      options.max_step_tokens = 1;
+      absl::StatusOr<std::unique_ptr<engine::Sequence>> seq =
+          engine::Sequence::Create(backend, options);
+      if (!seq.ok()) return Fail("eval recall", seq.status());
+      engine::Sequence& s = **seq;
+      if (column.pin) {
+        if (absl::Status st = s.mutable_cache().PinTokens(
+                "fact", fact_first, static_cast<int64_t>(fact.size()) - fact_first,
+                column.policy.PinLimit());
+            !st.ok()) {
+          return Fail("eval recall", st);
+        }
+      }
+      absl::StatusOr<std::vector<double>> fact_nll = FeedScored(&s, fact);
+      if (!fact_nll.ok()) return Fail("eval recall", fact_nll.status());
+      if (c == 0) first_sum += mean(*fact_nll, needle_at);
+      const bool decays = column.policy.kind == memory::PolicyKind::kSirLlm;
+      int64_t fed = static_cast<int64_t>(fact.size());
+      size_t g = 0;
+      for (int64_t i = 0; i <= longest; ++i) {
+        while (g < n_gaps && setup.gaps[g] == i) {
+          absl::StatusOr<std::unique_ptr<engine::Sequence>> fork = Fork(backend, s);
+          if (!fork.ok()) return Fail("eval recall", fork.status());
+          absl::StatusOr<std::vector<double>> nll = FeedScored(fork->get(), probe);
+          if (!nll.ok()) return Fail("eval recall", nll.status());
+          // A fork has no logits yet: the probe's first token is predicted
+          // by the original's.
+          (*nll)[0] = engine::Surprisal(s.last_logits(), probe[0]);
+          const double m = mean(*nll, probe_needle_at);
+          sums[g][c] += m;
+          squares[g][c] += m * m;
+          ++g;
+        }
+        if (i == longest) break;
+        if (decays && fed % setup.round_tokens == 0) {
+          if (absl::Status st = s.mutable_cache().Decay(column.policy.decay); !st.ok()) {
+            return Fail("eval recall", st);
+          }
+        }
+        const int32_t id = filler_at(setup.prefix + i);
+        if (absl::Status st = s.Feed(absl::MakeConstSpan(&id, 1), engine::LogitsMode::kLast);
+            !st.ok()) {
+          return Fail("eval recall", st);
+        }
+        ++fed;
+        if ((i + 1) % 20000 == 0) {
+          std::cerr << absl::StrFormat("eval recall: trial %d/%d, %s, %d/%d tokens, %.0f s\n",
+                                       t + 1, setup.trials, column.name, i + 1, longest,
+                                       absl::ToDoubleSeconds(absl::Now() - start));
+        }
+      }
+    }
+  }
+  double largest_se = 0;
+  for (size_t g = 0; g < n_gaps; ++g) {
+    std::cout << absl::StrFormat("%-7d %7.3f", setup.gaps[g], first_sum / setup.trials);
+    for (size_t c = 0; c < columns.size(); ++c) {
+      const double m = sums[g][c] / setup.trials;
+      if (setup.trials > 1) {
+        const double var = std::max(0.0, squares[g][c] / setup.trials - m * m) * setup.trials /
+                           (setup.trials - 1);
+        largest_se = std::max(largest_se, std::sqrt(var / setup.trials));
+      }
+      std::cout << absl::StrFormat(" %24.3f", m);
+    }
+    std::cout << std::endl;
+  }
+  std::cout << absl::StrFormat("largest standard error of a cell: %.3f nats\n", largest_se);
+  return kExitOk;
+}
 
 }  // namespace
 
@@ -108,6 +282,8 @@ int RunEval(const std::vector<std::string>& args) {
       {"cue", FlagKind::kString, " there was a little dog named",
        "text put before the needle's first copy"},
       {"recall-cue", FlagKind::kString, ". One day,", "text put before its repetition"},
+      {"pin-fact", FlagKind::kBool, "false",
+       "the fact opens the session and is pinned in half the columns (see above)"},
       {"threads", FlagKind::kInt, "0", "CPU threads; 0 = one per core"}};
   FlagSet flags("eval recall", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, {args.begin() + 1, args.end()}); rc >= 0) return rc;
@@ -119,7 +295,8 @@ int RunEval(const std::vector<std::string>& args) {
   const int64_t needle_len = flags.GetInt("needle");
   const int64_t trials = flags.GetInt("trials");
   const int64_t prefix = flags.GetInt("prefix");
-  const std::vector<int64_t> gaps = flags.GetIntList("gaps");
+  std::vector<int64_t> gaps = flags.GetIntList("gaps");
+  const bool pin_fact = flags.GetBool("pin-fact");
   bool ok = budget >= 16 && budget <= (1 << 20) && needle_len >= 1 && needle_len <= 32 &&
             trials >= 1 && trials <= 1000 && prefix >= 0 && !gaps.empty() &&
             flags.GetInt("round-tokens") >= 1 && flags.GetInt("threads") >= 0;
@@ -142,7 +319,7 @@ int RunEval(const std::vector<std::string>& args) {
   const int64_t needed = prefix + max_gap;
   const int64_t stride =
       trials > 1 ? (static_cast<int64_t>(filler->size()) - needed) / (trials - 1) : 0;
-  if (static_cast<int64_t>(filler->size()) < needed) {
+  if (!pin_fact && static_cast<int64_t>(filler->size()) < needed) {
     return Fail("eval recall", absl::InvalidArgumentError(absl::StrCat(
                                    flags.GetString("file"), " gives ", filler->size(),
                                    " tokens; --prefix and the largest gap need ", needed)));
@@ -193,9 +370,11 @@ int RunEval(const std::vector<std::string>& args) {
       flags.GetString("needle-kind") == "name"
           ? absl::StrCat("a made-up name of ", needle_len, " syllables")
           : absl::StrCat(needle_len, " rare tokens"));
-  std::cout << absl::StrFormat("%-7s %7s", "gap", "first");
-  for (const Column& c : columns) std::cout << absl::StrFormat(" %21s", c.name);
-  std::cout << std::endl;
+  if (!pin_fact) {
+    std::cout << absl::StrFormat("%-7s %7s", "gap", "first");
+    for (const Column& c : columns) std::cout << absl::StrFormat(" %21s", c.name);
+    std::cout << std::endl;
+  }
 
   const bool names = flags.GetString("needle-kind") == "name";
   if (!names && flags.GetString("needle-kind") != "tokens") {
@@ -228,6 +407,18 @@ int RunEval(const std::vector<std::string>& args) {
     needles.emplace_back(pool.begin(), pool.begin() + needle_len);
   }
 
+  if (pin_fact) {
+    PinnedRecallSetup setup;
+    setup.budget = budget;
+    setup.prefix = prefix;
+    setup.round_tokens = flags.GetInt("round-tokens");
+    setup.trials = trials;
+    std::sort(gaps.begin(), gaps.end());
+    gaps.erase(std::unique(gaps.begin(), gaps.end()), gaps.end());
+    setup.gaps = gaps;
+    return RunPinnedRecall(backend->get(), (*tokenizer)->vocab(), *filler, *cue, *recall_cue,
+                           period, needles, setup);
+  }
   double largest_se = 0;  // standard error of a cell's mean over trials
   for (int64_t gap : gaps) {
     double first_sum = 0;

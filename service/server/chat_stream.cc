@@ -373,18 +373,22 @@ void ChatStream::DoUnpin(const v1::UnpinTurn& unpin) {
   done->set_cells(static_cast<uint32_t>(cells));
   done->set_pinned_cells(static_cast<uint32_t>(cache.pinned()));
   // Acknowledged once durable, like a turn: a restart keeps it unpinned.
+  AnswerWhenDurable(std::move(response), "the unpin is done but its checkpoint failed: ");
+}
+
+void ChatStream::AnswerWhenDurable(std::shared_ptr<v1::ChatResponse> response,
+                                   std::string failure) {
   std::shared_ptr<ChatStream> self = shared_from_this();
   const std::string id = session_->id();
-  service_->core().sessions->CheckpointTurn(session_, [self, id, response](const absl::Status& s) {
-    if (!s.ok()) {
-      ServerLog("checkpoint of session ", id, " failed: ", s.ToString());
-      self->TurnEnded(absl::UnavailableError(absl::StrCat(
-                          "the unpin is done but its checkpoint failed: ", s.message())),
-                      nullptr);
-      return;
-    }
-    self->TurnEnded(absl::OkStatus(), response.get());
-  });
+  service_->core().sessions->CheckpointTurn(
+      session_, [self, id, response, failure = std::move(failure)](const absl::Status& s) {
+        if (!s.ok()) {
+          ServerLog("checkpoint of session ", id, " failed: ", s.ToString());
+          self->TurnEnded(absl::UnavailableError(absl::StrCat(failure, s.message())), nullptr);
+          return;
+        }
+        self->TurnEnded(absl::OkStatus(), response.get());
+      });
 }
 
 void ChatStream::ReplayTurn(const v1::UserTurn& request) {
@@ -411,18 +415,7 @@ void ChatStream::ReplayTurn(const v1::UserTurn& request) {
   // checkpoint still being written (its client lost the stream before the
   // TurnEnd): acknowledge it only once that is durable too. A clean session
   // captures a barrier, which completes after every earlier checkpoint.
-  std::shared_ptr<ChatStream> self = shared_from_this();
-  const std::string id = session_->id();
-  service_->core().sessions->CheckpointTurn(session_, [self, id, response](const absl::Status& s) {
-    if (!s.ok()) {
-      ServerLog("checkpoint of session ", id, " failed: ", s.ToString());
-      self->TurnEnded(absl::UnavailableError(absl::StrCat(
-                          "the turn's stored result is not durable: ", s.message())),
-                      nullptr);
-      return;
-    }
-    self->TurnEnded(absl::OkStatus(), response.get());
-  });
+  AnswerWhenDurable(std::move(response), "the turn's stored result is not durable: ");
 }
 
 void ChatStream::OnWriteDone(bool ok) {

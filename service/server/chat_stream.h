@@ -78,6 +78,9 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   // Unpins a turn's cells; answers Unpinned once that is durable, or a
   // TurnError NOT_FOUND.
   void DoUnpin(const v1::UnpinTurn& unpin);
+  // Ends the running request with `response` once everything the session
+  // checkpointed so far is durable; UNAVAILABLE, `failure` + why, if not.
+  void AnswerWhenDurable(std::shared_ptr<v1::ChatResponse> response, std::string failure);
   // Answers a refused turn with a TurnError and lets the next one start.
   void RefuseTurn(const std::string& turn_id, const absl::Status& status);
   // Answers a turn that already completed (same turn_id) from the session's

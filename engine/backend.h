@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "engine/model_config.h"
+#include "engine/gguf/model_config.h"
 #include "memory/pending_rows.h"
 
 namespace sinkserve::engine {

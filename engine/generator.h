@@ -20,7 +20,7 @@
 #include "engine/backend.h"
 #include "engine/sampler.h"
 #include "engine/sequence.h"
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace sinkserve::engine {
 

@@ -24,7 +24,7 @@
 #include "engine/generator.h"
 #include "engine/sampler.h"
 #include "engine/sequence.h"
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "memory/checkpoint_pipeline.h"
 #include "memory/session_state.h"
 #include "memory/session_store.h"

@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/cpu_backend.h"
-#include "engine/model_fingerprint.h"
-#include "engine/model_weights.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/gguf/model_fingerprint.h"
+#include "engine/gguf/model_weights.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "memory/checkpoint_pipeline.h"

@@ -3,7 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "engine/cpu_backend.h"
+#include "engine/cpu/cpu_backend.h"
 
 #ifdef SINKSERVE_HAVE_CUDA
 #include <dlfcn.h>

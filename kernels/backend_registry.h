@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
-#include "engine/model_weights.h"
+#include "engine/gguf/model_weights.h"
 
 namespace sinkserve::kernels {
 

@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "engine/gguf_writer.h"
+#include "engine/gguf/gguf_writer.h"
 #include "gtest/gtest.h"
 
 namespace sinkserve::kernels {

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/attention.h"
+#include "engine/cpu/attention.h"
 #include "kernels/cuda_check.h"
 #include "kernels/cuda_kv_storage.h"
 #include "kernels/decode_graphs.h"

@@ -1,4 +1,4 @@
-// The CUDA backend: the llama/qwen2 forward of engine/cpu_backend.cc on one
+// The CUDA backend: the llama/qwen2 forward of engine/cpu/cpu_backend.cc on one
 // GPU, with weights and KV rows in device memory, GEMMs through cuBLAS and
 // fused kernels for the rest (kernels/ops.h).
 //
@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/backend.h"
-#include "engine/model_weights.h"
+#include "engine/gguf/model_weights.h"
 #include "kernels/cuda_backend_options.h"
 #include "kernels/ops.h"
 

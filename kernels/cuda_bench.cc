@@ -26,7 +26,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
-#include "engine/model_weights.h"
+#include "engine/gguf/model_weights.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/ops.h"
 

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/gguf_writer.h"
-#include "engine/model_weights.h"
-#include "engine/quant_ref.h"
+#include "engine/gguf/gguf_writer.h"
+#include "engine/gguf/model_weights.h"
+#include "engine/gguf/quant_ref.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda_test_util.h"
 #include "kernels/cuda_backend.h"

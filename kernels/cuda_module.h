@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
-#include "engine/model_weights.h"
+#include "engine/gguf/model_weights.h"
 #include "kernels/cuda_backend_options.h"
 
 namespace sinkserve::kernels {

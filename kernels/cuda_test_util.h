@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "engine/backend_test_util.h"
-#include "engine/cpu_backend.h"
-#include "engine/gguf_writer.h"
-#include "engine/model_weights.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/gguf/gguf_writer.h"
+#include "engine/gguf/model_weights.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda_backend.h"
 

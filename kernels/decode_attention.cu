@@ -7,7 +7,7 @@
 // warp keeps an online softmax per head. Warps merge in shared memory, splits
 // merge in a second kernel. One pass over K and V; keys are stored pre-RoPE
 // and rotated by their cell's position from the cos/sin table, so the scores
-// equal the CPU reference's (engine/attention.cc) to rounding.
+// equal the CPU reference's (engine/cpu/attention.cc) to rounding.
 #include <cmath>
 
 #include "kernels/device_types.cuh"

@@ -1,5 +1,5 @@
 // GGUF weight rows -> device F32 / F16 / BF16 at load, one thread per output
-// element. Block formats as engine/quant_blocks.h (ggml-common.h).
+// element. Block formats as engine/gguf/quant_blocks.h (ggml-common.h).
 #include <cstdint>
 
 #include "kernels/device_types.cuh"
@@ -7,7 +7,7 @@
 namespace sinkserve::kernels {
 namespace {
 
-// ggml type ids (engine/ggml_types.h).
+// ggml type ids (engine/gguf/ggml_types.h).
 constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_0 = 2, kGgmlQ8_0 = 8,
                    kGgmlQ4_K = 12, kGgmlQ6_K = 14, kGgmlBF16 = 30;
 

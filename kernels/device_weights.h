@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/model_weights.h"
+#include "engine/gguf/model_weights.h"
 #include "kernels/device_buffer.h"
 #include "kernels/device_context.h"
 #include "kernels/ops.h"

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/attention.h"
-#include "engine/fp16.h"
-#include "engine/model_config.h"
+#include "engine/cpu/attention.h"
+#include "engine/gguf/fp16.h"
+#include "engine/gguf/model_config.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda_test_util.h"
 #include "kernels/device_buffer.h"

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "engine/attention.h"
+#include "engine/cpu/attention.h"
 #include "kernels/cuda_check.h"
 #include "memory/status_macros.h"
 

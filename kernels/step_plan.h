@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "engine/backend.h"
-#include "engine/model_config.h"
+#include "engine/gguf/model_config.h"
 #include "kernels/cuda_kv_storage.h"
 #include "kernels/device_buffer.h"
 #include "kernels/device_context.h"

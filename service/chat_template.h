@@ -22,8 +22,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "engine/tokenizer.h"
-#include "engine/vocab.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/vocab.h"
 
 namespace sinkserve::service {
 

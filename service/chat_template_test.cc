@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
-#include "engine/vocab.h"
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/vocab.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

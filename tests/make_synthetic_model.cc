@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/gguf_writer.h"
+#include "engine/gguf/gguf_writer.h"
 
 namespace {
 

@@ -8,9 +8,9 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/generator.h"
-#include "engine/membw.h"
-#include "engine/model_weights.h"
-#include "engine/thread_pool.h"
+#include "engine/cpu/membw.h"
+#include "engine/gguf/model_weights.h"
+#include "engine/cpu/thread_pool.h"
 #include "service/cli/backend_flags.h"
 #include "service/cli/commands.h"
 

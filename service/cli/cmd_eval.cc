@@ -18,9 +18,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "engine/cpu_backend.h"
-#include "engine/model_weights.h"
-#include "engine/tokenizer.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/gguf/model_weights.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "service/cli/commands.h"
 #include "service/cli/perplexity_run.h"
 

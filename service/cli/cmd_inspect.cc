@@ -5,9 +5,9 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "engine/gguf.h"
-#include "engine/model_config.h"
-#include "engine/tokenizer.h"
+#include "engine/gguf/gguf.h"
+#include "engine/gguf/model_config.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "service/cli/commands.h"
 
 namespace sinkserve::cli {

@@ -4,8 +4,8 @@
 #include <sstream>
 
 #include "absl/strings/str_join.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "service/cli/commands.h"
 
 namespace sinkserve::cli {

@@ -20,7 +20,7 @@
 #include "absl/types/span.h"
 #include "engine/backend.h"
 #include "engine/sequence.h"
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "memory/cache_policy.h"
 
 namespace sinkserve::cli {

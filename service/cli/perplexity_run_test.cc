@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu_backend.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/generator.h"
-#include "engine/model_weights.h"
-#include "engine/tokenizer.h"
+#include "engine/gguf/model_weights.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 
 namespace sinkserve::cli {

@@ -1,7 +1,7 @@
 #include "service/server/serving_model.h"
 
-#include "engine/cpu_backend.h"
-#include "engine/model_fingerprint.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/gguf/model_fingerprint.h"
 #include "memory/status_macros.h"
 
 namespace sinkserve::service {

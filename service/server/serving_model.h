@@ -9,8 +9,8 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
-#include "engine/model_weights.h"
-#include "engine/tokenizer.h"
+#include "engine/gguf/model_weights.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "service/chat_template.h"
 
 namespace sinkserve::service {

@@ -33,6 +33,7 @@
 #include "memory/session_store.h"
 #include "service/metrics.h"
 #include "service/server/serving_model.h"
+#include "service/server/session_config.h"
 #include "sinkserve/v1/sinkserve.pb.h"
 
 namespace sinkserve::service {
@@ -112,10 +113,6 @@ enum class Surrender {
 // x kv_dim in the storage dtype, on the backend: host RAM or device memory)
 // plus its cell metadata.
 int64_t SessionMemoryBytes(const engine::Session& session);
-
-// `base` with the fields `params` sets; INVALID_ARGUMENT for values out of range.
-absl::StatusOr<engine::SamplerOptions> ApplySampling(const engine::SamplerOptions& base,
-                                                     const v1::SamplingParams& params);
 
 struct AttachResult {
   engine::Session* session = nullptr;

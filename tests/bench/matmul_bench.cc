@@ -18,13 +18,13 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
-#include "engine/fp16.h"
-#include "engine/ggml_types.h"
-#include "engine/matmul.h"
-#include "engine/matmul_internal.h"
-#include "engine/membw.h"
-#include "engine/quant_blocks.h"
-#include "engine/thread_pool.h"
+#include "engine/gguf/fp16.h"
+#include "engine/gguf/ggml_types.h"
+#include "engine/cpu/matmul.h"
+#include "engine/cpu/matmul_internal.h"
+#include "engine/cpu/membw.h"
+#include "engine/gguf/quant_blocks.h"
+#include "engine/cpu/thread_pool.h"
 
 namespace sinkserve::engine {
 namespace {

@@ -5,8 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "engine/membw.h"
-#include "engine/thread_pool.h"
+#include "engine/cpu/membw.h"
+#include "engine/cpu/thread_pool.h"
 
 int main(int argc, char** argv) {
   namespace se = sinkserve::engine;

@@ -28,10 +28,10 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "engine/cpu_backend.h"
-#include "engine/gguf_writer.h"
-#include "engine/model_fingerprint.h"
-#include "engine/model_weights.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/gguf/gguf_writer.h"
+#include "engine/gguf/model_fingerprint.h"
+#include "engine/gguf/model_weights.h"
 #include "engine/session.h"
 #include "memory/rocksdb_session_store.h"
 

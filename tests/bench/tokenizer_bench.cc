@@ -17,8 +17,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "benchmark/benchmark.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace sinkserve::engine {
 namespace {

@@ -6,8 +6,8 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/gguf.h"
-#include "engine/model_config.h"
+#include "engine/gguf/gguf.h"
+#include "engine/gguf/model_config.h"
 
 namespace {
 

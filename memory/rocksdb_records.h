@@ -26,6 +26,11 @@
 
 namespace sinkserve::memory::records {
 
+// Bytes to reserve for a batch carrying `kv_bytes` of rows: the rows, their
+// chunk keys and framing, the record and header (a few KB).
+inline size_t BatchReserve(size_t kv_bytes) { return kv_bytes + (size_t{64} << 10); }
+
+
 inline rocksdb::Slice Rs(std::string_view s) { return {s.data(), s.size()}; }
 inline std::string_view Std(const rocksdb::Slice& s) {
   return {s.data(), s.size()};

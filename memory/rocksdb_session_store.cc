@@ -17,6 +17,7 @@
 namespace sinkserve::memory {
 
 namespace snap = ::sinkserve::memory::snapshot;
+using records::BatchReserve;
 using records::ChainRead;
 using records::ChainResult;
 using records::PrefixBegin;
@@ -30,10 +31,6 @@ using records::VerifyAll;
 
 namespace {
 
-// Bytes to reserve for a batch carrying `kv_bytes` of rows: the rows, their
-// chunk keys and framing, the record and header (a few KB).
-size_t BatchReserve(size_t kv_bytes) { return kv_bytes + (size_t{64} << 10); }
-
 absl::string_view Sv(std::string_view s) { return {s.data(), s.size()}; }
 
 constexpr int kMaxListPage = 10000;
@@ -42,31 +39,6 @@ uint64_t RandomU64() {
   std::random_device rd;
   return (uint64_t{rd()} << 32) ^ rd() ^
          static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
-}
-
-snap::SessionHeader HeaderFor(const SessionState& s, uint64_t incarnation,
-                              uint64_t base_seq, uint64_t version) {
-  snap::SessionHeader h;
-  h.info = SessionInfo::Of(s);
-  h.info.version = version;
-  h.info.deltas = static_cast<int64_t>(version - base_seq);
-  h.incarnation = incarnation;
-  h.base_seq = base_seq;
-  return h;
-}
-
-// Why the database still takes no writes, from DB::Resume's answer.
-std::string CannotResumeHint(const rocksdb::Status& resumed) {
-  // RocksDB resumes from nothing worse than a hard error (ENOSPC); other
-  // I/O errors in the WAL (EFBIG, EDQUOT, EIO) are fatal to the open
-  // database.
-  if (resumed.severity() >= rocksdb::Status::Severity::kFatalError) {
-    return " (it cannot resume from this error: reopen the store, e.g. "
-           "restart the server, once the cause is fixed)";
-  }
-  return absl::StrCat(
-      " (writes resume by themselves once the disk has room; resuming now: ",
-      resumed.ToString(), ")");
 }
 
 }  // namespace
@@ -170,94 +142,6 @@ absl::Mutex& RocksDbSessionStore::LockFor(std::string_view id) const {
   return stripes_[std::hash<std::string_view>()(id) % stripes_.size()];
 }
 
-bool RocksDbSessionStore::Stopped() const {
-  return errors_->stopping_errors() != resumed_errors_.load();
-}
-
-rocksdb::Status RocksDbSessionStore::ResumeIfStopped() const {
-  const uint64_t errors = errors_->stopping_errors();
-  if (errors == resumed_errors_.load()) return rocksdb::Status::OK();
-  // Flushes the memtables to new files and starts a new WAL, so it succeeds
-  // only once the disk has room for them.
-  rocksdb::Status s = db_->Resume();
-  if (!s.ok()) return s;
-  // Errors after `errors` (another thread's) stay to be resumed from.
-  uint64_t seen = resumed_errors_.load();
-  while (seen < errors && !resumed_errors_.compare_exchange_weak(seen, errors)) {
-  }
-  return s;
-}
-
-absl::Status RocksDbSessionStore::FlushWalLess() {
-  const uint64_t covered = walless_writes_.load();
-  rocksdb::FlushOptions fo;
-  fo.wait = true;
-  // atomic_flush: every column family's memtables at once, so a header
-  // (meta) is never durable without the record (kv) it points at.
-  SINKSERVE_RETURN_IF_ERROR(FromRocks(db_->Flush(fo, handles_), "flush of WAL-less checkpoints"));
-  uint64_t seen = walless_flushed_.load();
-  while (seen < covered && !walless_flushed_.compare_exchange_weak(seen, covered)) {
-  }
-  return absl::OkStatus();
-}
-
-absl::Status RocksDbSessionStore::WriteFor(std::string_view id, uint64_t kv_bytes,
-                                           rocksdb::WriteBatch* batch, bool sync,
-                                           uint64_t* bytes) {
-  const bool wal = kv_bytes <= options_.wal_max_kv_bytes;
-  if (!id.empty()) {
-    // A WAL-logged write must not outlive (in the WAL, after a crash) a
-    // WAL-less one of the same session that it builds on: flush that first.
-    // Rare: the checkpoint pipeline syncs between a session's checkpoints;
-    // background folds are what meet this.
-    bool flush = false;
-    {
-      absl::MutexLock lock(&walless_mu_);
-      auto it = walless_pending_.find(id);
-      if (it != walless_pending_.end()) {
-        if (it->second <= walless_flushed_.load()) {
-          walless_pending_.erase(it);
-        } else {
-          flush = wal;
-        }
-      }
-    }
-    if (flush) SINKSERVE_RETURN_IF_ERROR(FlushWalLess());
-  }
-  if (wal) return Write(batch, sync, bytes);
-  SINKSERVE_RETURN_IF_ERROR(Write(batch, /*sync=*/false, bytes, /*wal=*/false));
-  const uint64_t n = walless_writes_.fetch_add(1) + 1;
-  if (!id.empty()) {
-    absl::MutexLock lock(&walless_mu_);
-    walless_pending_[std::string(id)] = n;
-  }
-  return sync ? FlushWalLess() : absl::OkStatus();
-}
-
-absl::Status RocksDbSessionStore::Write(rocksdb::WriteBatch* batch, bool sync,
-                                        uint64_t* bytes, bool wal) const {
-  rocksdb::WriteOptions wo;
-  wo.sync = sync && wal;
-  wo.disableWAL = !wal;
-  *bytes = batch->GetDataSize();
-  if (rocksdb::Status resumed = ResumeIfStopped(); !resumed.ok()) {
-    return FromRocks(resumed, absl::StrCat("write refused: the database "
-                                           "stopped after an earlier write "
-                                           "error",
-                                           CannotResumeHint(resumed)));
-  }
-  rocksdb::Status s = db_->Write(wo, batch);
-  if (s.ok() || !Stopped()) return FromRocks(s, "write");
-  // This write stopped the database. RocksDB put nothing of a failed batch
-  // into the memtables, and a batch replayed from the old WAL would only
-  // repeat the same puts and deletions, so writing it again is safe.
-  const rocksdb::Status resumed = ResumeIfStopped();
-  if (!resumed.ok()) {
-    return FromRocks(s, absl::StrCat("write", CannotResumeHint(resumed)));
-  }
-  return FromRocks(db_->Write(wo, batch), "write (after resuming)");
-}
-
 absl::StatusOr<CheckpointResult> RocksDbSessionStore::Put(
     const SessionState& state) {
   const absl::Time start = absl::Now();
@@ -295,7 +179,7 @@ absl::StatusOr<CheckpointResult> RocksDbSessionStore::Put(
   SINKSERVE_RETURN_IF_ERROR(FromRocks(
       batch.Put(
           meta_, Rs(MetaKey(id)),
-          snap::EncodeSessionHeader(HeaderFor(state, incarnation, seq, seq))),
+          snap::EncodeSessionHeader(snap::HeaderOf(state, incarnation, seq, seq))),
       "batching"));
   CheckpointResult result;
   SINKSERVE_RETURN_IF_ERROR(
@@ -358,7 +242,7 @@ absl::StatusOr<CheckpointResult> RocksDbSessionStore::Append(
                                         delta.kv, options_.kv_chunk_bytes));
     SINKSERVE_RETURN_IF_ERROR(FromRocks(
         batch.Put(meta_, Rs(MetaKey(id)),
-                  snap::EncodeSessionHeader(HeaderFor(next, header->incarnation,
+                  snap::EncodeSessionHeader(snap::HeaderOf(next, header->incarnation,
                                                       header->base_seq, seq))),
         "batching"));
     SINKSERVE_RETURN_IF_ERROR(
@@ -506,127 +390,6 @@ absl::Status RocksDbSessionStore::Delete(std::string_view id) {
 absl::StatusOr<VerifyReport> RocksDbSessionStore::Verify() const {
   SnapshotHolder snapshot(db_.get());
   return VerifyAll(records(), snapshot.get());
-}
-
-absl::Status RocksDbSessionStore::Compact(std::string_view id) {
-  SINKSERVE_RETURN_IF_ERROR(CheckWritable());
-  SINKSERVE_RETURN_IF_ERROR(ValidateSessionId(id));
-  // Read without the session's lock: a big chain takes a while and Appends
-  // may go on meanwhile; they only add records after the ones folded here.
-  SnapshotHolder snapshot(db_.get());
-  SINKSERVE_ASSIGN_OR_RETURN(std::optional<snap::SessionHeader> header,
-                             ReadHeader(records(), id, snapshot.get()));
-  if (!header || header->info.deltas == 0) return absl::OkStatus();
-  SINKSERVE_ASSIGN_OR_RETURN(
-      ChainResult chain,
-      ReadChain(records(), *header, snapshot.get(), ChainRead::kFull));
-  const uint64_t base = header->base_seq;
-  const uint64_t last = header->info.version;
-
-  absl::MutexLock lock(&LockFor(id));
-  SINKSERVE_ASSIGN_OR_RETURN(std::optional<snap::SessionHeader> now,
-                             ReadHeader(records(), id, nullptr));
-  if (!now || now->incarnation != header->incarnation ||
-      now->base_seq != base) {
-    return absl::OkStatus();  // a Put or Delete superseded what we read
-  }
-  // The full state of `last` replaces records base..last under the same key
-  // as `last`; later deltas stay on top of it. Within a batch later entries
-  // win, so the range deletion does not hide the new record.
-  rocksdb::WriteBatch batch(BatchReserve(chain.state.kv.size()));
-  SINKSERVE_RETURN_IF_ERROR(
-      FromRocks(batch.DeleteRange(kv_, Rs(RecordKey(id, base, 0)),
-                                  Rs(RecordKey(id, last + 1, 0))),
-                "batching"));
-  const std::string record = snap::EncodeFullState(
-      chain.state, last,
-      snap::KvChunkCount(chain.state.kv.size(), options_.kv_chunk_bytes));
-  SINKSERVE_RETURN_IF_ERROR(AddRecord(records(), &batch, id, last, record,
-                                      chain.state.kv, options_.kv_chunk_bytes));
-  now->base_seq = last;
-  SINKSERVE_RETURN_IF_ERROR(FromRocks(
-      batch.Put(meta_, Rs(MetaKey(id)), snap::EncodeSessionHeader(*now)),
-      "batching"));
-  // No fsync needed: the fold changes no state, and the WAL keeps batches in
-  // order, so a later synced checkpoint makes it durable too.
-  uint64_t bytes = 0;
-  SINKSERVE_RETURN_IF_ERROR(WriteFor(id, chain.state.kv.size(), &batch, /*sync=*/false, &bytes));
-  counters_.compactions.fetch_add(1, std::memory_order_relaxed);
-  counters_.compaction_bytes_written.fetch_add(bytes,
-                                               std::memory_order_relaxed);
-  return absl::OkStatus();
-}
-
-void RocksDbSessionStore::EnqueueCompaction(std::string_view id) {
-  absl::MutexLock lock(&queue_mu_);
-  // A fold in progress may miss the newest deltas; they are folded when the
-  // threshold is crossed again, not by a second fold right behind this one.
-  if (id == compacting_id_) return;
-  if (queued_.insert(std::string(id)).second) {
-    queue_.push_back(std::string(id));
-    queue_cv_.SignalAll();
-  }
-}
-
-void RocksDbSessionStore::CompactionLoop() {
-  while (true) {
-    std::string id;
-    {
-      absl::MutexLock lock(&queue_mu_);
-      while (!stop_ && queue_.empty()) queue_cv_.Wait(&queue_mu_);
-      if (stop_) return;
-      id = std::move(queue_.front());
-      queue_.pop_front();
-      queued_.erase(id);
-      compacting_ = true;
-      compacting_id_ = id;
-    }
-    bool again = false;
-    if (Compact(id).ok()) {
-      // Appends during a long fold skip enqueuing (see EnqueueCompaction);
-      // if they piled up past the threshold, fold once more.
-      absl::StatusOr<SessionInfo> info = Info(id);
-      again = info.ok() && info->deltas >= options_.compact_after_deltas;
-    } else {
-      counters_.compaction_errors.fetch_add(1, std::memory_order_relaxed);
-    }
-    absl::MutexLock lock(&queue_mu_);
-    compacting_ = false;
-    compacting_id_.clear();
-    if (again && queued_.insert(id).second) queue_.push_back(id);
-    queue_cv_.SignalAll();
-  }
-}
-
-void RocksDbSessionStore::WaitForCompactions() {
-  absl::MutexLock lock(&queue_mu_);
-  while (!stop_ && compactor_.joinable() && (!queue_.empty() || compacting_)) {
-    queue_cv_.Wait(&queue_mu_);
-  }
-}
-
-absl::Status RocksDbSessionStore::Sync() {
-  SINKSERVE_RETURN_IF_ERROR(CheckWritable());
-  // A flush makes the WAL-logged writes before it durable too.
-  if (walless_writes_.load() > walless_flushed_.load()) return FlushWalLess();
-  return FromRocks(db_->SyncWAL(), "sync of the write-ahead log");
-}
-
-absl::Status RocksDbSessionStore::Flush() {
-  SINKSERVE_RETURN_IF_ERROR(CheckWritable());
-  SINKSERVE_RETURN_IF_ERROR(FromRocks(ResumeIfStopped(), "flush (resuming)"));
-  rocksdb::FlushOptions fo;
-  fo.wait = true;
-  return FromRocks(db_->Flush(fo, handles_), "flush");
-}
-
-absl::Status RocksDbSessionStore::Backup(const std::string& dir) const {
-  rocksdb::Checkpoint* raw = nullptr;
-  SINKSERVE_RETURN_IF_ERROR(
-      FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw), "backup"));
-  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
-  return FromRocks(checkpoint->CreateCheckpoint(dir),
-                   absl::StrCat("backup to ", dir));
 }
 
 StoreStats RocksDbSessionStore::stats() const {

@@ -120,6 +120,10 @@ struct SessionHeader {
   uint64_t incarnation = 0;
   uint64_t base_seq = 0;
 };
+// The header of session `s` stored at `version`, its chain starting at the
+// full state `base_seq`.
+SessionHeader HeaderOf(const SessionState& s, uint64_t incarnation, uint64_t base_seq,
+                       uint64_t version);
 std::string EncodeSessionHeader(const SessionHeader& header);
 absl::StatusOr<SessionHeader> DecodeSessionHeader(std::string_view value);
 

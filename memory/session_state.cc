@@ -157,7 +157,25 @@ absl::Status CheckSameSession(const SessionState& prev,
 
 }  // namespace
 
+absl::Status ValidateTenantName(std::string_view tenant) {
+  if (tenant.empty() || tenant.size() > kMaxTenantBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("tenant name must have 1 to ", kMaxTenantBytes,
+                                                   " bytes, got ", tenant.size()));
+  }
+  for (char c : tenant) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) {
+      return absl::InvalidArgumentError(
+          "tenant name may only hold lower-case letters, digits, '_' and '-'");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateSessionId(std::string_view id) {
+  if (const size_t sep = id.find(kTenantSeparator); sep != std::string_view::npos) {
+    SINKSERVE_RETURN_IF_ERROR(ValidateTenantName(id.substr(0, sep)));
+    id.remove_prefix(sep + 1);
+  }
   if (id.empty() || id.size() > kMaxSessionIdBytes) {
     return absl::InvalidArgumentError(absl::StrCat("session id must have 1 to ",
                                                    kMaxSessionIdBytes,

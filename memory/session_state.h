@@ -37,8 +37,17 @@ namespace sinkserve::memory {
 // Session ids are 1..kMaxSessionIdBytes bytes of printable ASCII without
 // spaces (0x21..0x7E): they appear verbatim in every error message and in
 // RocksDB keys, where a NUL byte separates them from what follows.
+//
+// A tenant's session is stored under a scoped id, TENANT 0x1F ID, where
+// TENANT is 1..kMaxTenantBytes of [a-z0-9_-]: the separator is no byte a
+// plain id may hold, so two tenants' ids never meet, and the sessions stored
+// before tenants existed (plain ids) stay where they are.
 inline constexpr size_t kMaxSessionIdBytes = 256;
+inline constexpr size_t kMaxTenantBytes = 64;
+inline constexpr char kTenantSeparator = '\x1f';
 absl::Status ValidateSessionId(std::string_view id);
+// Whether `tenant` is a valid TENANT (above).
+absl::Status ValidateTenantName(std::string_view tenant);
 
 // Shape of a session's K/V rows.
 struct KvShape {

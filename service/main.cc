@@ -37,6 +37,7 @@ constexpr Command kCommands[] = {
      "list | show | delete | verify | export | import stored sessions"},
     {"serve", sinkserve::cli::RunServe, "run the gRPC chat service"},
     {"chat", sinkserve::cli::RunChat, "chat with a running server"},
+    {"keys", sinkserve::cli::RunKeys, "keys new: make an API key for serve --api-keys"},
     {"bench", RunBenchCommand,
      "measure speed: prefill/decode (default), `bench stream`, `bench load`"},
 };

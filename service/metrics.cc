@@ -134,6 +134,23 @@ Metrics::Metrics(const MetricsOptions& options)
                               "Turns refused because pinning them would exceed the "
                               "session's pinned-cell limit.");
   unpins_ = &AddCounter(r, "sinkserve_unpins_total", "Pinned turns let go (UnpinTurn).");
+  auth_mode_ = &prometheus::BuildGauge()
+                    .Name("sinkserve_auth_mode")
+                    .Help(
+                        "1 for the authentication mode in force (none = anyone who reaches "
+                        "the port is the default tenant).")
+                    .Register(r);
+  for (const char* mode : {"none", "api-keys"}) auth_mode_->Add({{"mode", mode}});
+  auth_failures_ = &AddCounter(r, "sinkserve_auth_failures_total",
+                               "Calls refused as UNAUTHENTICATED (no, malformed or unknown "
+                               "credentials).");
+  admin_actions_ = &AddCounter(r, "sinkserve_admin_actions_total",
+                               "Admin calls on other tenants' sessions (each is audited).");
+  quota_refusals_ = &prometheus::BuildCounter()
+                         .Name("sinkserve_quota_refusals_total")
+                         .Help("Requests refused by a per-tenant limit.")
+                         .Register(r);
+  for (const char* what : {"sessions", "streams", "tokens"}) quota_refusals_->Add({{"what", what}});
   pinned_cells_ = &AddGauge(r, "sinkserve_pinned_cells",
                             "Pinned KV cache cells in the sessions in memory.");
   prompt_tokens_ = &AddCounter(r, "sinkserve_prompt_tokens_total",
@@ -260,6 +277,15 @@ void Metrics::SetPinnedCells(int64_t n) { pinned_cells_->Set(static_cast<double>
 
 void Metrics::AddPromptTokens(int64_t n) {
   if (n > 0) prompt_tokens_->Increment(static_cast<double>(n));
+}
+
+void Metrics::SetAuthMode(std::string_view mode) {
+  for (const char* m : {"none", "api-keys"}) auth_mode_->Add({{"mode", m}}).Set(mode == m ? 1 : 0);
+}
+void Metrics::IncAuthFailures() { auth_failures_->Increment(); }
+void Metrics::IncAdminActions() { admin_actions_->Increment(); }
+void Metrics::IncQuotaRefusals(std::string_view what) {
+  quota_refusals_->Add({{"what", std::string(what)}}).Increment();
 }
 
 void Metrics::IncError(std::string_view code) {

@@ -94,6 +94,13 @@ class Metrics {
   void IncUnpins();
   // `code` is the gRPC code name ("NOT_FOUND"); "" counts as "UNKNOWN".
   void IncError(std::string_view code);
+  // Security: the authentication mode in force (1 for it, 0 for the
+  // others), calls refused for their credentials, admin actions on other
+  // tenants, and per-tenant quota refusals (what: sessions, streams, tokens).
+  void SetAuthMode(std::string_view mode);
+  void IncAuthFailures();
+  void IncAdminActions();
+  void IncQuotaRefusals(std::string_view what);
   // `policy` as in PolicyKind, lower case ("sirllm"); cells evicted.
   void AddEvictions(std::string_view policy, int64_t cells);
 
@@ -146,6 +153,10 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* pins_ = nullptr;
   prometheus::Counter* pin_refusals_ = nullptr;
   prometheus::Counter* unpins_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* auth_mode_ = nullptr;
+  prometheus::Counter* auth_failures_ = nullptr;
+  prometheus::Counter* admin_actions_ = nullptr;
+  prometheus::Family<prometheus::Counter>* quota_refusals_ = nullptr;
   prometheus::Gauge* pinned_cells_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Family<prometheus::Counter>* errors_ = nullptr;

@@ -43,7 +43,7 @@ class ServerTest(unittest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="sinkserve-e2e-")
         cls.server = Server(os.path.join(cls.tmp, "db"), "--default-policy", POLICY,
                             "--max-tokens-limit", "100000",
-                            "--metrics-listen", "127.0.0.1:0")
+                            "--metrics-listen", "127.0.0.1:0", "--reflection")
         cls.stub = cls.server.stub
 
     @classmethod

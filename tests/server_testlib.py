@@ -57,7 +57,11 @@ class Server:
     """`sinkserve serve` on 127.0.0.1:<free port> with a RocksDB directory, or
     with `store` (a --store URL) and `db` only naming its log file."""
 
-    def __init__(self, db, *extra, model=MODEL, wait=True, listen="127.0.0.1:0", store=None):
+    def __init__(self, db, *extra, model=MODEL, wait=True, listen="127.0.0.1:0", store=None,
+                 credentials=None, channel_options=(), token=None):
+        """`credentials`: grpc channel credentials of a TLS server (its own
+        channel, self.channel, uses them; health needs no token). `token`:
+        sent as a bearer token by self.stub's calls."""
         self.db = db
         self.log_path = db.rstrip("/") + f".{time.time_ns()}.log"
         self._log = open(self.log_path, "w")
@@ -74,8 +78,10 @@ class Server:
         self.address = line.split("listening on ")[1].split()[0]
         self.metrics_port = (int(line.split("metrics on port ")[1].rstrip(")\n"))
                              if "metrics on port " in line else None)
-        self.channel = grpc.insecure_channel(self.address)
-        self.stub = pb_grpc.SinkServeStub(self.channel)
+        self.channel = (grpc.secure_channel(self.address, credentials, options=channel_options)
+                        if credentials is not None else grpc.insecure_channel(self.address))
+        self.stub = pb_grpc.SinkServeStub(
+            grpc.intercept_channel(self.channel, BearerToken(token)) if token else self.channel)
         if wait:
             self.wait_serving()
 
@@ -112,6 +118,33 @@ class Server:
         self.proc.stdout.close()
         self.channel.close()
         self._log.close()
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token):
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def _details(self, details):
+        metadata = tuple(details.metadata or ()) + self.metadata
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else \
+            _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                         getattr(details, "wait_for_ready", None),
+                         getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = (credentials, wait_for_ready,
+                                                                    compression)
 
 
 class Stream:

@@ -18,6 +18,12 @@ or the stream breaks (UNAVAILABLE), the client reconnects and sends the turn
 again with the same id, and a turn that had already completed comes back from
 the server's record instead of running twice (deploy/RUNBOOK.md).
 
+A server run with TLS and API keys (README "Running it safely") wants the CA
+that signed its certificate and a key, from a file or $SINKSERVE_TOKEN:
+
+  SINKSERVE_TOKEN=$(cat alpha.key) sinkserve_client.py --server host:50051 \
+      --tls-ca ca.pem list
+
 Pinning keeps cells in the cache whatever the policy evicts: the system
 prompt (on by default, --pin-system-prompt) and turns sent with --pin (or
 `/pin TEXT` in interactive chat) until `/unpin TURN_ID` lets them go.
@@ -32,6 +38,7 @@ import time
 import uuid
 
 STUBS_ENV = "SINKSERVE_PY_STUBS"
+TOKEN_ENV = "SINKSERVE_TOKEN"
 # Lower-case names of the proto's PolicyKind and StopReason values, by number
 # (client_test.py checks them against the generated enums).
 POLICIES = ("unspecified", "full", "window", "streaming", "sirllm")
@@ -443,6 +450,18 @@ def build_parser():
                              f"(default: ${STUBS_ENV})")
     parser.add_argument("--timeout", type=float, default=None,
                         help="RPC deadline in seconds (default: none)")
+    security = parser.add_argument_group("security (serve --tls-cert / --auth api-keys)")
+    security.add_argument("--tls", action="store_true",
+                          help="connect with TLS (implied by the --tls-* flags)")
+    security.add_argument("--tls-ca", help="PEM CA bundle that signed the server's "
+                                           "certificate (default: the system's)")
+    security.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    security.add_argument("--tls-key", help="PEM key of --tls-cert")
+    security.add_argument("--tls-server-name",
+                          help="name to check in the server's certificate")
+    security.add_argument("--token-file",
+                          help="file holding the API key sent as 'authorization: "
+                               f"Bearer' (default: ${TOKEN_ENV})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     chat = commands.add_parser("chat", help="chat over one stream")
@@ -486,11 +505,63 @@ def build_parser():
     return parser
 
 
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def open_channel(args):
+    """A channel to args.server: TLS when asked for, and the API key (from
+    --token-file or $SINKSERVE_TOKEN) as a bearer token on every call."""
+    import grpc
+    options = []
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read_file(args.tls_ca) if args.tls_ca else None,
+            private_key=read_file(args.tls_key) if args.tls_key else None,
+            certificate_chain=read_file(args.tls_cert) if args.tls_cert else None)
+        if args.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+        channel = grpc.secure_channel(args.server, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(args.server)
+    token = (read_file(args.token_file).decode().splitlines() or [""])[0].strip() \
+        if args.token_file else os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        return channel, channel
+    return channel, grpc.intercept_channel(channel, _bearer_interceptor(token))
+
+
+def _bearer_interceptor(token):
+    import grpc
+
+    class Details(grpc.ClientCallDetails):
+        def __init__(self, details, metadata):
+            self.method, self.timeout = details.method, details.timeout
+            self.credentials, self.metadata = details.credentials, metadata
+            self.wait_for_ready = getattr(details, "wait_for_ready", None)
+            self.compression = getattr(details, "compression", None)
+
+    class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+        def _with_token(self, details):
+            metadata = list(details.metadata or []) + [("authorization", f"Bearer {token}")]
+            return Details(details, metadata)
+
+        def intercept_unary_unary(self, continuation, details, request):
+            return continuation(self._with_token(details), request)
+
+        def intercept_stream_stream(self, continuation, details, requests):
+            return continuation(self._with_token(details), requests)
+
+    return Bearer()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     pb, pb_grpc = load_stubs(args.stubs)
     import grpc
-    with grpc.insecure_channel(args.server) as channel:
+    raw_channel, channel = open_channel(args)
+    with raw_channel:
         stub = pb_grpc.SinkServeStub(channel)
         try:
             args.run(args, pb, stub)

@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/grpcpp.h"
 #include "service/cli/commands.h"
+#include "service/cli/security_flags.h"
 #include "service/server/chat_client.h"
 
 namespace sinkserve::cli {
@@ -38,19 +39,20 @@ double Percentile(std::vector<double> v, double p) {
 }  // namespace
 
 int RunBenchLoad(const std::vector<std::string>& args) {
-  FlagSet flags(
-      "bench load", kSynopsis,
-      {{"server", FlagKind::kString, "127.0.0.1:50051", "server address"},
-       {"sessions", FlagKind::kInt, "8", "concurrent sessions"},
-       {"turns", FlagKind::kInt, "4", "turns per session"},
-       {"tokens", FlagKind::kInt, "64", "tokens generated per turn at most"},
-       {"prompt", FlagKind::kString, "Once upon a time, there was a little", "text of every turn"},
-       {"temperature", FlagKind::kDouble, "0.8", "sampling temperature of the sessions"},
-       {"prefix", FlagKind::kString, "", "session id prefix; empty = bench-<pid>-"},
-       {"keep", FlagKind::kBool, "false", "keep the sessions instead of deleting them"},
-       {"ignore-eos", FlagKind::kBool, "true",
-        "generate past end-of-text tokens, so every turn is --tokens long"},
-       {"timeout", FlagKind::kDouble, "600", "deadline of each stream in seconds"}});
+  std::vector<FlagSpec> specs = {
+      {"server", FlagKind::kString, "127.0.0.1:50051", "server address"},
+      {"sessions", FlagKind::kInt, "8", "concurrent sessions"},
+      {"turns", FlagKind::kInt, "4", "turns per session"},
+      {"tokens", FlagKind::kInt, "64", "tokens generated per turn at most"},
+      {"prompt", FlagKind::kString, "Once upon a time, there was a little", "text of every turn"},
+      {"temperature", FlagKind::kDouble, "0.8", "sampling temperature of the sessions"},
+      {"prefix", FlagKind::kString, "", "session id prefix; empty = bench-<pid>-"},
+      {"keep", FlagKind::kBool, "false", "keep the sessions instead of deleting them"},
+      {"ignore-eos", FlagKind::kBool, "true",
+       "generate past end-of-text tokens, so every turn is --tokens long"},
+      {"timeout", FlagKind::kDouble, "600", "deadline of each stream in seconds"}};
+  AddClientSecurityFlags(&specs);
+  FlagSet flags("bench load", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
   const int64_t n = flags.GetInt("sessions");
   const int64_t turns = flags.GetInt("turns");
@@ -64,8 +66,12 @@ int RunBenchLoad(const std::vector<std::string>& args) {
                                  : flags.GetString("prefix");
   grpc::ChannelArguments channel_args;
   channel_args.SetInt(GRPC_ARG_MAX_CONCURRENT_STREAMS, 100000);
-  auto channel = grpc::CreateCustomChannel(flags.GetString("server"),
-                                           grpc::InsecureChannelCredentials(), channel_args);
+  absl::StatusOr<service::security::ClientSecurity> security = ClientSecurityFromFlags(flags);
+  if (!security.ok()) return Fail("bench load", security.status());
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> opened_channel =
+      service::security::OpenChannel(flags.GetString("server"), *security, channel_args);
+  if (!opened_channel.ok()) return Fail("bench load", opened_channel.status());
+  std::shared_ptr<grpc::Channel> channel = *std::move(opened_channel);
 
   std::mutex mu;
   std::condition_variable cv;

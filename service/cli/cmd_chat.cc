@@ -14,6 +14,7 @@
 #include "grpcpp/grpcpp.h"
 #include "memory/cache_policy.h"
 #include "service/cli/commands.h"
+#include "service/cli/security_flags.h"
 #include "service/server/chat_client.h"
 
 namespace sinkserve::cli {
@@ -86,36 +87,37 @@ constexpr std::string_view kUnpinCommand = "/unpin ";
 }  // namespace
 
 int RunChat(const std::vector<std::string>& args) {
-  FlagSet flags(
-      "chat", kSynopsis,
-      {{"server", FlagKind::kString, "127.0.0.1:50051", "server address"},
-       {"session", FlagKind::kString, "", "session id"},
-       {"create", FlagKind::kBool, "false", "create the session when it does not exist"},
-       {"message", FlagKind::kString, "", "send this one turn and exit"},
-       {"max-tokens", FlagKind::kInt, "0", "tokens per reply at most; 0 = the server's default"},
-       {"stop", FlagKind::kString, "", "also stop a reply before this text"},
-       {"ignore-eos", FlagKind::kBool, "false",
-        "generate past end-of-text tokens: every reply is --max-tokens long"},
-       {"policy", FlagKind::kString, "",
-        "cache policy of a created session, e.g. streaming(4,252); empty = server default"},
-       {"system-prompt", FlagKind::kString, "", "system prompt of a created session"},
-       {"chat-template", FlagKind::kString, "",
-        "chat template of a created session (raw, llama2, llama3, chatml, mistral, zephyr); "
-        "empty = from the model"},
-       {"temperature", FlagKind::kDouble, "-1",
-        "sampling temperature of a created session; -1 = the server's default"},
-       {"seed", FlagKind::kInt, "-1", "RNG seed of a created session; -1 = the server's"},
-       {"timeout", FlagKind::kDouble, "0", "deadline of the whole stream in seconds; 0 = none"},
-       {"turn-id", FlagKind::kString, "",
-        "--message: the turn's id for exactly-once retries; empty = a random one"},
-       {"retries", FlagKind::kInt, "5",
-        "--message: reconnect and resend this many times on UNAVAILABLE or a broken stream"},
-       {"pin", FlagKind::kBool, "false",
-        "pin every turn sent: its text stays in the cache until unpinned"},
-       {"pin-system-prompt", FlagKind::kString, "",
-        "a created session pins its system prompt: true, false; empty = the server's default "
-        "(pinned when there is one)"},
-       {"quiet", FlagKind::kBool, "false", "no statistics on stderr"}});
+  std::vector<FlagSpec> specs = {
+      {"server", FlagKind::kString, "127.0.0.1:50051", "server address"},
+      {"session", FlagKind::kString, "", "session id"},
+      {"create", FlagKind::kBool, "false", "create the session when it does not exist"},
+      {"message", FlagKind::kString, "", "send this one turn and exit"},
+      {"max-tokens", FlagKind::kInt, "0", "tokens per reply at most; 0 = the server's default"},
+      {"stop", FlagKind::kString, "", "also stop a reply before this text"},
+      {"ignore-eos", FlagKind::kBool, "false",
+       "generate past end-of-text tokens: every reply is --max-tokens long"},
+      {"policy", FlagKind::kString, "",
+       "cache policy of a created session, e.g. streaming(4,252); empty = server default"},
+      {"system-prompt", FlagKind::kString, "", "system prompt of a created session"},
+      {"chat-template", FlagKind::kString, "",
+       "chat template of a created session (raw, llama2, llama3, chatml, mistral, zephyr); "
+       "empty = from the model"},
+      {"temperature", FlagKind::kDouble, "-1",
+       "sampling temperature of a created session; -1 = the server's default"},
+      {"seed", FlagKind::kInt, "-1", "RNG seed of a created session; -1 = the server's"},
+      {"timeout", FlagKind::kDouble, "0", "deadline of the whole stream in seconds; 0 = none"},
+      {"turn-id", FlagKind::kString, "",
+       "--message: the turn's id for exactly-once retries; empty = a random one"},
+      {"retries", FlagKind::kInt, "5",
+       "--message: reconnect and resend this many times on UNAVAILABLE or a broken stream"},
+      {"pin", FlagKind::kBool, "false",
+       "pin every turn sent: its text stays in the cache until unpinned"},
+      {"pin-system-prompt", FlagKind::kString, "",
+       "a created session pins its system prompt: true, false; empty = the server's default "
+       "(pinned when there is one)"},
+      {"quiet", FlagKind::kBool, "false", "no statistics on stderr"}};
+  AddClientSecurityFlags(&specs);
+  FlagSet flags("chat", kSynopsis, std::move(specs));
   if (int rc = ParseOrExit(flags, args); rc >= 0) return rc;
   if (flags.GetString("session").empty()) {
     std::cerr << "sinkserve chat: --session is required\n";
@@ -158,7 +160,12 @@ int RunChat(const std::vector<std::string>& args) {
   sigaddset(&sigint, SIGINT);
   if (interactive) pthread_sigmask(SIG_BLOCK, &sigint, nullptr);
 
-  auto channel = grpc::CreateChannel(flags.GetString("server"), grpc::InsecureChannelCredentials());
+  absl::StatusOr<service::security::ClientSecurity> security = ClientSecurityFromFlags(flags);
+  if (!security.ok()) return Fail("chat", security.status());
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> opened_channel =
+      service::security::OpenChannel(flags.GetString("server"), *security);
+  if (!opened_channel.ok()) return Fail("chat", opened_channel.status());
+  std::shared_ptr<grpc::Channel> channel = *std::move(opened_channel);
   auto fill_turn = [&](const std::string& text, bool pin) {
     v1::UserTurn turn;
     turn.set_text(text);

@@ -10,11 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "memory/cache_policy.h"
 #include "engine/backend.h"
+#include "memory/cache_policy.h"
 #include "service/cli/backend_flags.h"
 #include "service/cli/commands.h"
 #include "service/cli/policy_flags.h"
+#include "service/cli/security_flags.h"
 #include "service/server/log.h"
 #include "service/server/server.h"
 
@@ -22,16 +23,21 @@ namespace sinkserve::cli {
 namespace {
 
 constexpr char kSynopsis[] =
-    "--model PATH (--db DIR | --store rados://POOL?conf=PATH) [--listen ADDR] [--metrics-listen ADDR] [--threads N]\n"
+    "--model PATH (--db DIR | --store rados://POOL?conf=PATH) [--listen ADDR] [--metrics-listen "
+    "ADDR] [--threads N]\n"
     "         [--max-sessions-in-memory N] [--session-idle-seconds S]\n"
     "         [--max-session-memory-bytes B] [--default-policy streaming(4,252)] [limits]\n"
+    "         [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--auth api-keys --api-keys "
+    "FILE]\n"
     "Serves sinkserve.v1.SinkServe (bidirectional Chat streams over durable\n"
-    "sessions), grpc.health.v1 and server reflection on --listen, Prometheus\n"
-    "metrics on --metrics-listen. Health is NOT_SERVING while the model loads and\n"
-    "while draining. SIGTERM (or SIGINT) drains: new work is refused, running\n"
-    "turns finish (up to --drain-grace-seconds), every session is checkpointed,\n"
-    "then the process exits 0. Port 0 picks a free port; the chosen one is\n"
-    "printed as `listening on HOST:PORT` on stdout, then `ready` once serving.";
+    "sessions) and grpc.health.v1 on --listen (reflection with --reflection),\n"
+    "Prometheus metrics on --metrics-listen. Health is NOT_SERVING while the model\n"
+    "loads and while draining. SIGTERM (or SIGINT) drains: new work is refused,\n"
+    "running turns finish (up to --drain-grace-seconds), every session is\n"
+    "checkpointed, then the process exits 0. SIGHUP re-reads --api-keys and\n"
+    "--tenant-limits and reopens --audit-log; certificate files are re-read on\n"
+    "change. Port 0 picks a free port; the chosen one is printed as\n"
+    "`listening on HOST:PORT` on stdout, then `ready` once serving.";
 
 std::string WithPort(const std::string& address, int port) {
   const size_t colon = address.rfind(':');
@@ -108,6 +114,7 @@ int RunServe(const std::vector<std::string>& args) {
       {"checkpoint-buffer-bytes", FlagKind::kInt, "1073741824",
        "captured checkpoints not yet durable may hold this much; beyond it new turns wait "
        "for admission (running turns go on)"}};
+  AddServerSecurityFlags(&specs);
   AddPolicyFlags(&specs, "streaming(4,252)");
   AddBackendFlags(&specs);
   FlagSet flags("serve", kSynopsis, std::move(specs));
@@ -196,6 +203,10 @@ int RunServe(const std::vector<std::string>& args) {
   options.limits.stream_buffer = flags.GetInt("stream-buffer");
   options.limits.max_waiting_turns = flags.GetInt("max-waiting-turns");
   options.scheduler.max_batch = flags.GetInt("max-batch");
+  if (absl::Status s = ServerSecurityFromFlags(flags, &options); !s.ok()) {
+    std::cerr << "sinkserve serve: " << s.message() << "\n";
+    return kExitUsage;
+  }
 
   // SIGTERM/SIGINT are taken by sigwait below: block them before any thread
   // (gRPC's, the scheduler) starts, so every thread inherits the mask.
@@ -203,6 +214,7 @@ int RunServe(const std::vector<std::string>& args) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   absl::StatusOr<std::unique_ptr<service::Server>> server =
@@ -221,7 +233,10 @@ int RunServe(const std::vector<std::string>& args) {
   std::fflush(stdout);
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    // Reload errors are logged; the old keys and limits stay in force.
+    (void)(*server)->Reload();
+  }
   service::ServerLog("got signal ", signal_number, ", draining");
   absl::Status drained = (*server)->Drain(absl::Seconds(flags.GetDouble("drain-grace-seconds")));
   server->reset();

@@ -22,6 +22,7 @@ int RunEval(const std::vector<std::string>& args);
 int RunSessions(const std::vector<std::string>& args);
 int RunServe(const std::vector<std::string>& args);
 int RunChat(const std::vector<std::string>& args);
+int RunKeys(const std::vector<std::string>& args);  // keys new
 
 // Parses `args` into `flags`; on --help prints usage and returns kExitOk, on a
 // bad argument prints one line and returns kExitUsage; -1 means "go on".

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "engine/sequence.h"
 #include "service/server/log.h"
 #include "service/server/status_util.h"
@@ -30,17 +31,28 @@ bool Parse(const grpc::ByteBuffer& buffer, v1::ChatRequest* request) {
 
 }  // namespace
 
-ChatStream* ChatStream::Start(SinkServeService* service,
-                              std::optional<std::string> routing_id) {
-  std::shared_ptr<ChatStream> stream(new ChatStream(service, std::move(routing_id)));
+ChatStream* ChatStream::Start(SinkServeService* service, std::optional<std::string> routing_id,
+                              security::Caller caller, std::string peer) {
+  std::shared_ptr<ChatStream> stream(
+      new ChatStream(service, std::move(routing_id), std::move(caller), std::move(peer)));
   std::lock_guard<std::mutex> lock(stream->mu_);
   stream->self_ = stream;
   if (Metrics* m = service->metrics()) m->IncActiveStreams();
+  absl::Status quota = absl::OkStatus();
+  if (security::TenantQuotas* quotas = service->security().quotas; quotas != nullptr) {
+    quota = quotas->AcquireStream(stream->caller_.tenant);
+    stream->counted_stream_ = quota.ok();
+    if (!quota.ok() && service->metrics() != nullptr) {
+      service->metrics()->IncQuotaRefusals("streams");
+    }
+  }
   if (!service->serving()) {
     stream->FinishLocked(
         service->draining()
             ? ShuttingDown()
             : grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is still loading its model"));
+  } else if (!quota.ok()) {
+    stream->FinishLocked(ToGrpcStatus(quota));
   } else {
     stream->StartRead(&stream->read_buffer_);
   }
@@ -66,6 +78,11 @@ void ChatStream::Send(v1::ChatResponse response) {
 
 void ChatStream::TurnEnded(const absl::Status& status, v1::ChatResponse* turn_end) {
   std::optional<WaitingTurn> next;
+  if (security::TenantQuotas* quotas = service_->security().quotas;
+      quotas != nullptr && turn_end != nullptr && turn_end->has_turn_end() &&
+      !turn_end->turn_end().replayed()) {
+    quotas->AddTokens(caller_.tenant, turn_end->turn_end().usage().generated_tokens(), absl::Now());
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     turn_active_ = false;
@@ -206,8 +223,15 @@ void ChatStream::OnReadDone(bool ok) {
                          "'; send the session id being opened")));
         return;
       }
+      if (absl::Status s = security::ValidateClientSessionId(request.open().session_id());
+          !s.ok()) {
+        FinishLocked(ToGrpcStatus(s));
+        return;
+      }
       opening_ = true;
       v1::OpenSession open = std::move(*request.mutable_open());
+      plain_id_ = open.session_id();
+      open.set_session_id(security::ScopedId(caller_.tenant, plain_id_));
       lock.unlock();
       // This server must own the session first (with a shared store that
       // may take a handoff); the next read starts once it is attached.
@@ -289,15 +313,27 @@ void ChatStream::DoOpen(const v1::OpenSession& open,
   core.ownership->Unclaim(open.session_id());
   v1::ChatResponse response;
   if (attached.ok()) {
+    if (attached->created) {
+      security::AuditEvent event;
+      event.action = "session.create";
+      event.tenant = caller_.tenant;
+      event.credential = caller_.credential;
+      event.session = plain_id_;
+      event.peer = peer_;
+      event.result = "OK";
+      service_->Audit(nullptr, std::move(event));
+    }
     v1::SessionOpened* opened = response.mutable_opened();
     *opened->mutable_session() = core.sessions->InfoOf(*attached->session);
+    opened->mutable_session()->set_session_id(plain_id_);
+    opened->mutable_session()->set_tenant(caller_.tenant);
     opened->set_restored(attached->restored);
     for (const std::string& w : attached->warnings) opened->add_warnings(w);
   }
   std::lock_guard<std::mutex> lock(mu_);
   opening_ = false;
   if (!attached.ok()) {
-    FinishLocked(ToGrpcStatus(attached.status()));
+    FinishLocked(ToGrpcStatus(security::Unscoped(attached.status(), open.session_id(), plain_id_)));
     return;
   }
   opened_ = true;
@@ -332,6 +368,13 @@ void ChatStream::DoTurn(const v1::UserTurn& request,
   if (!request.turn_id().empty() && session_->last_turn().turn_id == request.turn_id()) {
     ReplayTurn(request);
     return;
+  }
+  if (security::TenantQuotas* quotas = service_->security().quotas; quotas != nullptr) {
+    if (absl::Status s = quotas->AdmitTurn(caller_.tenant, absl::Now()); !s.ok()) {
+      if (Metrics* m = service_->metrics()) m->IncQuotaRefusals("tokens");
+      RefuseTurn(request.turn_id(), s);
+      return;
+    }
   }
   ChatTurnContext context;
   context.model = core.model;
@@ -454,6 +497,7 @@ void ChatStream::OnDone() {
   }
   service_->Unregister(this);
   if (Metrics* m = service_->metrics()) m->DecActiveStreams();
+  if (counted_stream_) service_->security().quotas->ReleaseStream(caller_.tenant);
   // `keep` may be the last owner: this object ends with this function.
 }
 
@@ -472,6 +516,11 @@ void ChatStream::FinishLocked(const grpc::Status& status) {
   closing_ = true;
   waiting_.clear();  // never started; a client resends them (same turn_id)
   finish_status_ = status;
+  if (!session_id_.empty() && session_id_ != plain_id_ &&
+      status.error_message().find(session_id_) != std::string::npos) {
+    finish_status_ =
+        ToGrpcStatus(security::Unscoped(FromGrpcStatus(status), session_id_, plain_id_));
+  }
   if (turn_active_) cancel_turn_ = true;
   if (!status.ok()) service_->CountError(status);
   MaybeDetachLocked();

@@ -40,8 +40,11 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   // Creates the reactor (owning itself until OnDone) and starts reading, or
   // finishes at once with UNAVAILABLE when the service is not serving.
   // `routing_id`: the call's x-session-id metadata, if it had one; the open
-  // must then name that session.
-  static ChatStream* Start(SinkServeService* service, std::optional<std::string> routing_id);
+  // must then name that session. `caller`: who opened the stream (its tenant
+  // scopes the session id); `peer` for the audit log. A tenant over its
+  // stream limit is refused with RESOURCE_EXHAUSTED.
+  static ChatStream* Start(SinkServeService* service, std::optional<std::string> routing_id,
+                           security::Caller caller, std::string peer);
 
   // TurnOutput (scheduler thread).
   bool HasRoom() const override;
@@ -68,8 +71,12 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
     std::optional<v1::UnpinTurn> unpin;
   };
 
-  ChatStream(SinkServeService* service, std::optional<std::string> routing_id)
-      : service_(service), routing_id_(std::move(routing_id)) {}
+  ChatStream(SinkServeService* service, std::optional<std::string> routing_id,
+             security::Caller caller, std::string peer)
+      : service_(service),
+        routing_id_(std::move(routing_id)),
+        caller_(std::move(caller)),
+        peer_(std::move(peer)) {}
 
   // Scheduler thread.
   // `owned`: the outcome of claiming the session (SessionOwnership).
@@ -108,6 +115,9 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
 
   SinkServeService* const service_;
   const std::optional<std::string> routing_id_;
+  const security::Caller caller_;
+  const std::string peer_;
+  bool counted_stream_ = false;  // holds one of the tenant's streams
   mutable std::mutex mu_;
   std::shared_ptr<ChatStream> self_;  // until OnDone
   grpc::ByteBuffer read_buffer_;      // the read in flight
@@ -127,7 +137,8 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
   bool done_ = false;       // OnDone called
   bool detached_ = false;
   grpc::Status finish_status_;
-  std::string session_id_;
+  std::string session_id_;              // the store's (scoped) id
+  std::string plain_id_;                // the id the client named
   engine::Session* session_ = nullptr;  // touched on the scheduler thread only
 };
 

@@ -148,7 +148,7 @@ memory::HandoffAnswer HandoffClient::Ask(const std::string& owner_address,
     std::lock_guard<std::mutex> lock(mu_);
     std::shared_ptr<grpc::Channel>& slot = channels_[owner_address];
     if (slot == nullptr) {
-      slot = grpc::CreateChannel(owner_address, grpc::InsecureChannelCredentials());
+      slot = grpc::CreateCustomChannel(owner_address, credentials_, args_);
     }
     channel = slot;
   }

@@ -76,12 +76,19 @@ class HandoffService final
 // Asks replicas over gRPC (one channel per address, kept).
 class HandoffClient {
  public:
+  // Calls the other replicas with `credentials` (TLS when the replicas serve
+  // TLS) and channel `args`.
+  HandoffClient(std::shared_ptr<grpc::ChannelCredentials> credentials, grpc::ChannelArguments args)
+      : credentials_(std::move(credentials)), args_(std::move(args)) {}
+
   memory::HandoffAnswer Ask(const std::string& owner_address, const std::string& owner_cookie,
                             const std::string& id, absl::Duration timeout);
   // As a memory::HandoffFn; the client must outlive it.
   memory::HandoffFn AsFn();
 
  private:
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  const grpc::ChannelArguments args_;
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;  // guarded by mu_
 };

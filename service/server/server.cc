@@ -1,27 +1,29 @@
 #include "service/server/server.h"
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <future>
 #include <memory>
+#include <optional>
+#include <sstream>
 #include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
 
-#include <optional>
-
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "memory/null_session_store.h"
-#include "memory/rados_session_store.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/support/server_interceptor.h"
+#include "grpcpp/version_info.h"
+#include "memory/null_session_store.h"
+#include "memory/rados_session_store.h"
 #include "memory/status_macros.h"
 #include "service/server/log.h"
 
@@ -88,6 +90,19 @@ std::string AdvertiseAddress(const std::string& advertise, const std::string& li
   return absl::StrCat(host, ":", port);
 }
 
+// gRPC's reflection library adds itself to every server built after it is
+// loaded (a static initializer), so it is not linked in: --reflection loads it.
+absl::Status LoadReflection() {
+  const std::string versioned =
+      absl::StrCat("libgrpc++_reflection.so.", GRPC_CPP_VERSION_MAJOR, ".", GRPC_CPP_VERSION_MINOR);
+  for (const std::string& name : {versioned, std::string("libgrpc++_reflection.so")}) {
+    if (dlopen(name.c_str(), RTLD_NOW | RTLD_GLOBAL) != nullptr) return absl::OkStatus();
+  }
+  const char* error = dlerror();
+  return absl::FailedPreconditionError(absl::StrCat("--reflection: cannot load ", versioned, ": ",
+                                                    error != nullptr ? error : "unknown error"));
+}
+
 }  // namespace
 
 absl::StatusOr<memory::RadosSessionStoreOptions> ParseRadosUrl(std::string_view url) {
@@ -142,14 +157,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   MetricsOptions metrics_options;
   metrics_options.listen_address = options.metrics_listen;
   SINKSERVE_ASSIGN_OR_RETURN(server->metrics_, Metrics::Create(metrics_options));
+  SINKSERVE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                             security::ServerCredentials(options.tls));
+  SINKSERVE_RETURN_IF_ERROR(server->StartSecurity(options));
 
   // Listen first with health NOT_SERVING, so orchestrators see the process
   // alive but not ready while a large model loads.
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  server->service_ = std::make_unique<SinkServeService>(server->metrics_.get());
+  if (options.reflection) SINKSERVE_RETURN_IF_ERROR(LoadReflection());
+  ServiceSecurity service_security;
+  service_security.auth = server->auth_.get();
+  service_security.audit = server->audit_.get();
+  service_security.quotas = server->quotas_.get();
+  server->service_ = std::make_unique<SinkServeService>(server->metrics_.get(), service_security);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   if (rados) {
     // Handoffs between replicas, on the same port (answered once serving).
@@ -185,7 +207,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     lease_options.duration = options.lease;
     lease_options.address =
         AdvertiseAddress(options.advertise_address, options.listen, server->port_);
-    server->handoff_client_ = std::make_unique<HandoffClient>();
+    grpc::ChannelArguments peer_args;
+    security::ClientTlsOptions peer_tls = options.peer_tls;
+    peer_tls.enabled = options.tls.enabled();
+    if (peer_tls.enabled && peer_tls.cert.empty() && peer_tls.key.empty()) {
+      // Its own identity: the replicas may require client certificates.
+      peer_tls.cert = options.tls.cert;
+      peer_tls.key = options.tls.key;
+    }
+    SINKSERVE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> peer_credentials,
+                               security::ChannelCredentials(peer_tls, &peer_args));
+    server->handoff_client_ =
+        std::make_unique<HandoffClient>(std::move(peer_credentials), std::move(peer_args));
     lease_options.handoff = server->handoff_client_->AsFn();
     // Long enough for an owner to end a turn and write its checkpoint, short
     // enough that a silent owner costs little more than its lease.
@@ -215,6 +248,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                                                                        bool resident) {
     ownership->SetResident(id, resident);
   };
+  if (server->quotas_ != nullptr) {
+    session_options.tenant_session_limit = [quotas =
+                                                server->quotas_.get()](std::string_view tenant) {
+      return quotas->LimitsOf(tenant).sessions;
+    };
+  }
   session_options.on_fenced = [self = server.get()](const std::string& id) {
     self->PostEvict(id);
   };
@@ -268,6 +307,66 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   return server;
+}
+
+absl::Status Server::StartSecurity(const ServerOptions& options) {
+  SINKSERVE_ASSIGN_OR_RETURN(auth_, security::Authenticator::Create(options.auth));
+  metrics_->SetAuthMode(security::AuthModeName(options.auth.mode));
+  if (options.auth.mode == security::AuthMode::kNone) {
+    ServerLog("WARNING: --auth none: anyone who reaches ", options.listen,
+              " may read, continue and delete every session. Use --auth api-keys (and TLS) "
+              "on any network you do not fully trust.");
+  } else {
+    ServerLog("authentication: ", security::AuthModeName(options.auth.mode), " (", auth_->keys(),
+              " keys from ", options.auth.api_keys, ")");
+  }
+  if (!options.tls.enabled()) {
+    ServerLog("WARNING: plaintext gRPC on ", options.listen,
+              ": credentials and conversations cross the network unencrypted (--tls-cert, "
+              "--tls-key)");
+  } else {
+    ServerLog("TLS with ", options.tls.cert,
+              options.tls.client_ca.empty() ? "" : " (client certificates required)",
+              "; certificate files re-read every ", options.tls.reload_seconds, " s");
+  }
+  if (!options.audit_log.empty()) {
+    SINKSERVE_ASSIGN_OR_RETURN(audit_, security::AuditLog::Open(options.audit_log));
+  }
+  tenant_limits_file_ = options.tenant_limits_file;
+  tenant_limit_defaults_ = options.tenant_limits;
+  SINKSERVE_ASSIGN_OR_RETURN(auto overrides, ReadTenantLimits());
+  quotas_ = std::make_unique<security::TenantQuotas>(options.tenant_limits, std::move(overrides));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<std::string, security::TenantLimits>> Server::ReadTenantLimits() const {
+  if (tenant_limits_file_.empty()) return std::map<std::string, security::TenantLimits>();
+  std::ifstream in(tenant_limits_file_, std::ios::binary);
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot read --tenant-limits ", tenant_limits_file_));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return security::ParseTenantLimits(text.str(), tenant_limits_file_, tenant_limit_defaults_);
+}
+
+absl::Status Server::Reload() {
+  absl::Status first = auth_->Reload();
+  if (!first.ok()) ServerLog("reload: keeping the old API keys: ", first.ToString());
+  absl::StatusOr<std::map<std::string, security::TenantLimits>> limits = ReadTenantLimits();
+  if (limits.ok()) {
+    quotas_->SetOverrides(*std::move(limits));
+  } else {
+    ServerLog("reload: keeping the old tenant limits: ", limits.status().ToString());
+    if (first.ok()) first = limits.status();
+  }
+  if (audit_ != nullptr) {
+    if (absl::Status s = audit_->Reopen(); !s.ok()) {
+      ServerLog("reload: audit log: ", s.ToString());
+      if (first.ok()) first = s;
+    }
+  }
+  if (first.ok()) ServerLog("reloaded: ", auth_->keys(), " API keys, tenant limits, audit log");
+  return first;
 }
 
 void Server::StartSweeper(absl::Duration idle_timeout) {

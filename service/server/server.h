@@ -6,6 +6,7 @@
 #define SINKSERVE_SERVICE_SERVER_SERVER_H_
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -21,6 +22,10 @@
 #include "memory/rocksdb_session_store.h"
 #include "service/chat_template.h"
 #include "service/metrics.h"
+#include "service/security/audit_log.h"
+#include "service/security/authenticator.h"
+#include "service/security/tenant_limits.h"
+#include "service/security/tls.h"
 #include "service/server/handoff.h"
 #include "service/server/scheduler.h"
 #include "service/server/serving_model.h"
@@ -67,6 +72,20 @@ struct ServerOptions {
   // fsync every checkpoint (survives power loss, not only a crash).
   // Default: true.
   bool sync = true;
+  // TLS on the gRPC port (plaintext when unset). With a shared store the
+  // replicas' handoff calls use it too: `peer_tls` says how to reach the
+  // others (its cert/key default to this server's own).
+  security::ServerTlsOptions tls;
+  security::ClientTlsOptions peer_tls;
+  // Who may call. Default: none (anyone who reaches the port; logged loudly).
+  security::AuthOptions auth;
+  // Audit log path ("-" = stderr); "" = none. Default: "".
+  std::string audit_log;
+  // Per-tenant limits: the defaults, and a file of overrides ("" = none).
+  security::TenantLimits tenant_limits;
+  std::string tenant_limits_file;
+  // Serve gRPC reflection (lets anyone who can call list the API). Default: false.
+  bool reflection = false;
 };
 
 // "rados://POOL?conf=PATH[&ns=NAMESPACE][&id=CLIENT]" as store options;
@@ -85,6 +104,11 @@ class Server {
   int port() const { return port_; }
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
+  // SIGHUP: re-reads the API keys and the tenant limits, reopens the audit
+  // log. On an error the old ones stay in force. (Certificates are watched
+  // files: ServerTlsOptions::reload_seconds.)
+  absl::Status Reload();
+
   // SIGTERM: health NOT_SERVING, refuse new work, let running turns finish
   // for up to `grace` (then cancel them), checkpoint every dirty session,
   // close the streams and stop. The first checkpoint error is returned.
@@ -92,6 +116,10 @@ class Server {
 
  private:
   Server() = default;
+  // Authentication, audit log and tenant quotas of `options`.
+  absl::Status StartSecurity(const ServerOptions& options);
+  // The --tenant-limits overrides (none without a file).
+  absl::StatusOr<std::map<std::string, security::TenantLimits>> ReadTenantLimits() const;
   // A thread that posts SessionManager::Sweep to the scheduler every
   // idle_timeout / 4 (1 s to 60 s), so idle sessions leave memory even when
   // no request comes; none for a zero timeout.
@@ -104,6 +132,11 @@ class Server {
   void PostEvict(const std::string& id);
 
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<security::Authenticator> auth_;
+  std::unique_ptr<security::AuditLog> audit_;
+  std::unique_ptr<security::TenantQuotas> quotas_;
+  std::string tenant_limits_file_;
+  security::TenantLimits tenant_limit_defaults_;
   std::unique_ptr<SinkServeService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<ServingModel> model_;

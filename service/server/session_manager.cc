@@ -11,7 +11,9 @@
 #include "memory/session_leases.h"
 #include "memory/session_state.h"
 #include "memory/status_macros.h"
+#include "service/security/caller.h"
 #include "service/server/log.h"
+#include "service/server/status_util.h"
 
 namespace sinkserve::service {
 int64_t SessionMemoryBytes(const engine::Session& session) {
@@ -52,6 +54,12 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
   while (true) {
     SINKSERVE_ASSIGN_OR_RETURN(memory::ListPage page, store->List(list));
     manager->stored_sessions_ += page.sessions.size() + page.bad.size();
+    for (const memory::SessionInfo& info : page.sessions) {
+      ++manager->tenant_sessions_[security::SplitScopedId(info.id).tenant];
+    }
+    for (const memory::BadSession& bad : page.bad) {
+      ++manager->tenant_sessions_[security::SplitScopedId(bad.id).tenant];
+    }
     if (page.next_start_after.empty()) break;
     list.start_after = page.next_start_after;
   }
@@ -116,6 +124,16 @@ absl::StatusOr<std::unique_ptr<engine::Session>> SessionManager::NewSession(
     return absl::ResourceExhaustedError(
         absl::StrCat("the server holds its limit of ", options_.max_sessions, " sessions"));
   }
+  const std::string tenant = security::SplitScopedId(id).tenant;
+  if (options_.tenant_session_limit) {
+    const int64_t limit = options_.tenant_session_limit(tenant);
+    if (limit > 0 && tenant_sessions_[tenant] >= limit) {
+      if (metrics_ != nullptr) metrics_->IncQuotaRefusals("sessions");
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tenant ", tenant, " holds its limit of ", limit,
+                       " stored sessions; delete one (DeleteSession) and retry"));
+    }
+  }
   SINKSERVE_RETURN_IF_ERROR(MakeRoom());
   SINKSERVE_ASSIGN_OR_RETURN(
       std::unique_ptr<engine::Session> session,
@@ -123,6 +141,7 @@ absl::StatusOr<std::unique_ptr<engine::Session>> SessionManager::NewSession(
   // Durable from the start: a created session is listed and survives restarts.
   SINKSERVE_RETURN_IF_ERROR(CheckpointSession(session.get()));
   ++stored_sessions_;
+  ++tenant_sessions_[tenant];
   return session;
 }
 
@@ -165,7 +184,7 @@ absl::StatusOr<AttachResult> SessionManager::Attach(const std::string& id, bool 
   }
   if (loaded.status().code() != absl::StatusCode::kNotFound) return loaded.status();
   if (!create_if_missing) {
-    return absl::NotFoundError(absl::StrCat("no session ", id));
+    return NoSessionError(id);
   }
   SINKSERVE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Session> session,
                              NewSession(id, config, &result.warnings));
@@ -219,7 +238,7 @@ absl::StatusOr<v1::SessionInfo> SessionManager::Info(const std::string& id) cons
       store_->LoadMetadata(id, memory::SessionStore::kAnyModel);
   if (!stored.ok()) {
     if (stored.status().code() == absl::StatusCode::kNotFound) {
-      return absl::NotFoundError(absl::StrCat("no session ", id));
+      return NoSessionError(id);
     }
     return stored.status();
   }
@@ -270,10 +289,14 @@ absl::Status SessionManager::Delete(const std::string& id) {
   absl::Status s = store_->Delete(id);
   if (s.ok()) {
     --stored_sessions_;
+    if (auto t = tenant_sessions_.find(security::SplitScopedId(id).tenant);
+        t != tenant_sessions_.end() && t->second > 0) {
+      --t->second;
+    }
     if (options_.sync) s = store_->Sync();
   }
   if (s.code() == absl::StatusCode::kNotFound) {
-    s = in_memory ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no session ", id));
+    s = in_memory ? absl::OkStatus() : NoSessionError(id);
   }
   UpdateGauges();
   SweepAndLog();

@@ -19,9 +19,10 @@
 #include <functional>
 #include <list>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -46,6 +47,9 @@ struct SessionManagerOptions {
   // Sessions the store may hold; creating one more is RESOURCE_EXHAUSTED.
   // 0 = no limit. Default: 0.
   int64_t max_sessions = 0;
+  // Stored sessions a tenant may hold (its id scope: security::ScopedId),
+  // 0 = no limit; counted like max_sessions. Default: none.
+  std::function<int64_t(std::string_view tenant)> tenant_session_limit;
   // Used when a SessionConfig leaves the policy unspecified. Default: full.
   memory::PolicyConfig default_policy;
   // Sampling of sessions created without settings. Default: SamplerOptions{}.
@@ -242,6 +246,8 @@ class SessionManager {
   std::list<std::string> lru_;  // detached sessions, least recently used first
   std::set<std::string> evicted_;  // evicted, still in memory
   int64_t stored_sessions_ = 0;
+  // The same by tenant (the scope of each stored id).
+  std::map<std::string, int64_t, std::less<>> tenant_sessions_;
   int64_t memory_bytes_ = 0;  // SessionMemoryBytes summed over sessions_
   // Last: destroyed first, writing what is queued while the rest still lives.
   std::unique_ptr<memory::CheckpointPipeline> pipeline_;

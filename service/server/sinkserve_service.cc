@@ -1,18 +1,30 @@
 #include "service/server/sinkserve_service.h"
 
+#include <iterator>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "memory/session_state.h"
 #include "service/server/chat_stream.h"
 #include "service/server/status_util.h"
+#include "service/server/tenant_listing.h"
 
 namespace sinkserve::service {
 namespace {
 
 constexpr char kSessionIdHeader[] = "x-session-id";
+constexpr char kAuthorizationHeader[] = "authorization";
+
+// The reactor of a Chat call refused before it started.
+class RefusedStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
 
 // The call's x-session-id metadata (what a load balancer hashes to pick the
 // replica), if it has one.
@@ -73,11 +85,51 @@ void SinkServeService::CountError(const grpc::Status& status) const {
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SinkServeService::Chat(
     grpc::CallbackServerContext* context) {
+  std::optional<security::Caller> caller = Authenticate(context, "Chat");
+  if (!caller.has_value()) return new RefusedStream(Unauthenticated());
   // Registered before it can start a read, so a drain never misses it.
   std::lock_guard<std::mutex> lock(mu_);
-  ChatStream* stream = ChatStream::Start(this, RoutingSessionId(context));
+  ChatStream* stream =
+      ChatStream::Start(this, RoutingSessionId(context), *std::move(caller), context->peer());
   streams_.insert(stream);
   return stream;
+}
+
+std::optional<security::Caller> SinkServeService::Authenticate(grpc::CallbackServerContext* context,
+                                                               const char* rpc) const {
+  const auto& metadata = context->client_metadata();
+  auto [first, last] = metadata.equal_range(kAuthorizationHeader);
+  std::optional<std::string_view> authorization;
+  security::AuthOutcome outcome;
+  if (first != last && std::next(first) != last) {
+    outcome.reason = "several authorization values";
+  } else {
+    if (first != last) authorization = std::string_view(first->second.data(), first->second.size());
+    outcome = security_.auth->Authenticate(authorization);
+  }
+  if (outcome.caller.has_value()) return outcome.caller;
+  if (metrics_ != nullptr) metrics_->IncAuthFailures();
+  CountError(Unauthenticated());
+  security::AuditEvent event;
+  event.action = "auth.failure";
+  event.result = "UNAUTHENTICATED";
+  event.reason = absl::StrCat(rpc, ": ", outcome.reason);
+  Audit(context, std::move(event));
+  return std::nullopt;
+}
+
+void SinkServeService::Audit(const grpc::ServerContextBase* context,
+                             security::AuditEvent event) const {
+  if (security_.audit == nullptr) return;
+  if (event.peer.empty() && context != nullptr) event.peer = context->peer();
+  security_.audit->Record(event);
+}
+
+std::optional<std::string> SinkServeService::TargetTenant(const security::Caller& caller,
+                                                          const std::string& requested) {
+  if (requested.empty() || requested == caller.tenant) return caller.tenant;
+  if (caller.role != security::Role::kAdmin) return std::nullopt;
+  return requested;
 }
 
 bool SinkServeService::RefuseUnlessServing(grpc::ServerUnaryReactor* reactor, bool allow_draining) {
@@ -123,17 +175,35 @@ grpc::ServerUnaryReactor* SinkServeService::CreateSession(grpc::CallbackServerCo
                                                           const v1::CreateSessionRequest* request,
                                                           v1::SessionInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::optional<security::Caller> caller = Authenticate(context, "CreateSession");
+  if (!caller.has_value()) return Refuse(reactor, Unauthenticated());
   if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
   if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
-  RunOwned(reactor, request->session_id(), [this, request, response]() -> absl::Status {
-    // The session manager checks the resolved config before storing it
-    // (SessionManagerOptions::check_new_session).
-    absl::StatusOr<v1::SessionInfo> info =
-        core_.sessions->CreateDetached(request->session_id(), request->config());
-    if (!info.ok()) return info.status();
-    *response = std::move(*info);
-    return absl::OkStatus();
-  });
+  if (absl::Status s = security::ValidateClientSessionId(request->session_id()); !s.ok()) {
+    return Refuse(reactor, ToGrpcStatus(s));
+  }
+  const std::string plain = request->session_id();
+  const std::string scoped = security::ScopedId(caller->tenant, plain);
+  RunOwned(reactor, scoped,
+           [this, context, request, response, caller = *caller, plain, scoped]() -> absl::Status {
+             // The session manager checks the resolved config before storing it
+             // (SessionManagerOptions::check_new_session).
+             absl::StatusOr<v1::SessionInfo> info =
+                 core_.sessions->CreateDetached(scoped, request->config());
+             absl::Status status = security::Unscoped(info.status(), scoped, plain);
+             security::AuditEvent event;
+             event.action = "session.create";
+             event.tenant = caller.tenant;
+             event.credential = caller.credential;
+             event.session = plain;
+             event.result = StatusCodeName(status.code());
+             Audit(context, std::move(event));
+             if (!status.ok()) return status;
+             *response = *std::move(info);
+             response->set_session_id(plain);
+             response->set_tenant(caller.tenant);
+             return absl::OkStatus();
+           });
   return reactor;
 }
 
@@ -141,12 +211,24 @@ grpc::ServerUnaryReactor* SinkServeService::GetSession(grpc::CallbackServerConte
                                                        const v1::GetSessionRequest* request,
                                                        v1::SessionInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::optional<security::Caller> caller = Authenticate(context, "GetSession");
+  if (!caller.has_value()) return Refuse(reactor, Unauthenticated());
   if (RefuseUnlessServing(reactor, /*allow_draining=*/true)) return reactor;
   if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
-  RunUnary(reactor, [this, request, response]() -> absl::Status {
-    absl::StatusOr<v1::SessionInfo> info = core_.sessions->Info(request->session_id());
-    if (!info.ok()) return info.status();
-    *response = std::move(*info);
+  if (absl::Status s = security::ValidateClientSessionId(request->session_id()); !s.ok()) {
+    return Refuse(reactor, ToGrpcStatus(s));
+  }
+  const std::string plain = request->session_id();
+  std::optional<std::string> tenant = TargetTenant(*caller, request->tenant());
+  if (!tenant.has_value()) return Refuse(reactor, ToGrpcStatus(NoSessionError(plain)));
+  if (*tenant != caller->tenant) AuditAdmin(context, *caller, "admin.get", *tenant, plain);
+  const std::string scoped = security::ScopedId(*tenant, plain);
+  RunUnary(reactor, [this, response, plain, scoped, tenant = *tenant]() -> absl::Status {
+    absl::StatusOr<v1::SessionInfo> info = core_.sessions->Info(scoped);
+    if (!info.ok()) return security::Unscoped(info.status(), scoped, plain);
+    *response = *std::move(info);
+    response->set_session_id(plain);
+    response->set_tenant(tenant);
     return absl::OkStatus();
   });
   return reactor;
@@ -156,11 +238,30 @@ grpc::ServerUnaryReactor* SinkServeService::ListSessions(grpc::CallbackServerCon
                                                          const v1::ListSessionsRequest* request,
                                                          v1::ListSessionsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::optional<security::Caller> caller = Authenticate(context, "ListSessions");
+  if (!caller.has_value()) return Refuse(reactor, Unauthenticated());
   if (RefuseUnlessServing(reactor, /*allow_draining=*/true)) return reactor;
-  RunUnary(reactor, [this, request, response]() -> absl::Status {
-    absl::StatusOr<v1::ListSessionsResponse> page = core_.sessions->List(*request);
+  std::optional<std::string> tenant = TargetTenant(*caller, request->tenant());
+  if (!tenant.has_value() || (request->all_tenants() && caller->role != security::Role::kAdmin)) {
+    // Listing names no session, so refusing it openly confirms nothing.
+    return Refuse(reactor, grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                                        "only an admin may list other tenants' sessions"));
+  }
+  if (!request->all_tenants() && *tenant != caller->tenant) {
+    if (absl::Status s = memory::ValidateTenantName(*tenant); !s.ok()) {
+      return Refuse(reactor, ToGrpcStatus(s));
+    }
+  }
+  if (request->all_tenants() || *tenant != caller->tenant) {
+    AuditAdmin(context, *caller, "admin.list", request->all_tenants() ? "*" : *tenant, "");
+  }
+  RunUnary(reactor, [this, request, response, tenant = *tenant]() -> absl::Status {
+    StoreListFn list = [this](const v1::ListSessionsRequest& r) { return core_.sessions->List(r); };
+    absl::StatusOr<v1::ListSessionsResponse> page = request->all_tenants()
+                                                        ? ListAllTenants(list, *request)
+                                                        : ListTenant(list, tenant, *request);
     if (!page.ok()) return page.status();
-    *response = std::move(*page);
+    *response = *std::move(page);
     return absl::OkStatus();
   });
   return reactor;
@@ -170,12 +271,54 @@ grpc::ServerUnaryReactor* SinkServeService::DeleteSession(grpc::CallbackServerCo
                                                           const v1::DeleteSessionRequest* request,
                                                           v1::DeleteSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::optional<security::Caller> caller = Authenticate(context, "DeleteSession");
+  if (!caller.has_value()) return Refuse(reactor, Unauthenticated());
   if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
   if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
-  RunOwned(reactor, request->session_id(), [this, request]() -> absl::Status {
-    return core_.sessions->Delete(request->session_id());
-  });
+  if (absl::Status s = security::ValidateClientSessionId(request->session_id()); !s.ok()) {
+    return Refuse(reactor, ToGrpcStatus(s));
+  }
+  const std::string plain = request->session_id();
+  std::optional<std::string> tenant = TargetTenant(*caller, request->tenant());
+  if (!tenant.has_value()) return Refuse(reactor, ToGrpcStatus(NoSessionError(plain)));
+  const std::string scoped = security::ScopedId(*tenant, plain);
+  RunOwned(reactor, scoped,
+           [this, context, caller = *caller, plain, scoped, tenant = *tenant]() -> absl::Status {
+             absl::Status status =
+                 security::Unscoped(core_.sessions->Delete(scoped), scoped, plain);
+             security::AuditEvent event;
+             event.action = tenant != caller.tenant ? "admin.delete" : "session.delete";
+             event.tenant = caller.tenant;
+             event.credential = caller.credential;
+             event.session = plain;
+             if (tenant != caller.tenant) event.owner = tenant;
+             event.result = StatusCodeName(status.code());
+             Audit(context, std::move(event));
+             if (tenant != caller.tenant && metrics_ != nullptr) metrics_->IncAdminActions();
+             return status;
+           });
   return reactor;
+}
+
+grpc::ServerUnaryReactor* SinkServeService::Refuse(grpc::ServerUnaryReactor* reactor,
+                                                   const grpc::Status& status) const {
+  CountError(status);
+  reactor->Finish(status);
+  return reactor;
+}
+
+void SinkServeService::AuditAdmin(const grpc::ServerContextBase* context,
+                                  const security::Caller& caller, const char* action,
+                                  const std::string& owner, const std::string& session) const {
+  if (metrics_ != nullptr) metrics_->IncAdminActions();
+  security::AuditEvent event;
+  event.action = action;
+  event.tenant = caller.tenant;
+  event.credential = caller.credential;
+  event.owner = owner;
+  event.session = session;
+  event.result = "OK";
+  Audit(context, std::move(event));
 }
 
 }  // namespace sinkserve::service

@@ -11,10 +11,15 @@
 
 #include <atomic>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 
 #include "service/metrics.h"
+#include "service/security/audit_log.h"
+#include "service/security/authenticator.h"
+#include "service/security/caller.h"
+#include "service/security/tenant_limits.h"
 #include "service/server/chat_turn.h"
 #include "service/server/scheduler.h"
 #include "service/server/serving_model.h"
@@ -49,6 +54,13 @@ struct ServingCore {
   ServiceLimits limits;
 };
 
+// Who may call, and what they may use. Pointers outlive the service.
+struct ServiceSecurity {
+  const security::Authenticator* auth = nullptr;  // required
+  security::AuditLog* audit = nullptr;            // optional
+  security::TenantQuotas* quotas = nullptr;       // optional
+};
+
 // Chat is registered raw (bytes in, bytes out) so that ChatStream parses
 // requests itself; the admin RPCs use the generated callback methods.
 using SinkServeServiceBase =
@@ -58,7 +70,8 @@ using SinkServeServiceBase =
 
 class SinkServeService final : public SinkServeServiceBase {
  public:
-  explicit SinkServeService(Metrics* metrics) : metrics_(metrics) {}
+  SinkServeService(Metrics* metrics, ServiceSecurity security)
+      : metrics_(metrics), security_(security) {}
 
   // loading -> serving.
   void SetServing(const ServingCore& core);
@@ -88,12 +101,30 @@ class SinkServeService final : public SinkServeServiceBase {
   // For ChatStream.
   const ServingCore& core() const { return core_; }
   Metrics* metrics() const { return metrics_; }
+  const ServiceSecurity& security() const { return security_; }
   void Unregister(ChatStream* stream);
   void CountError(const grpc::Status& status) const;
+  // Writes an audit record (if there is an audit log), filling in the peer.
+  void Audit(const grpc::ServerContextBase* context, security::AuditEvent event) const;
 
  private:
   enum State { kLoading, kServing, kDraining };
 
+  // The caller of `context`, authenticated; nullopt (audited, counted) when
+  // its credentials are missing or wrong, for the caller to finish with
+  // Unauthenticated().
+  std::optional<security::Caller> Authenticate(grpc::CallbackServerContext* context,
+                                               const char* rpc) const;
+  // The tenant a Get/Delete/List names: the caller's own for "" or its own
+  // name; another only for an admin (nullopt for anyone else).
+  static std::optional<std::string> TargetTenant(const security::Caller& caller,
+                                                 const std::string& requested);
+  // Finishes `reactor` with `status` (counted) and returns it.
+  grpc::ServerUnaryReactor* Refuse(grpc::ServerUnaryReactor* reactor,
+                                   const grpc::Status& status) const;
+  // Counts and audits an admin's call on `owner`'s sessions ("*" = all).
+  void AuditAdmin(const grpc::ServerContextBase* context, const security::Caller& caller,
+                  const char* action, const std::string& owner, const std::string& session) const;
   // Finishes `reactor` with UNAVAILABLE unless serving (or, with
   // `allow_draining`, draining); true when it did.
   bool RefuseUnlessServing(grpc::ServerUnaryReactor* reactor, bool allow_draining);
@@ -111,6 +142,7 @@ class SinkServeService final : public SinkServeServiceBase {
   std::atomic<int> state_{kLoading};
   ServingCore core_;  // set before state_ becomes kServing
   Metrics* metrics_;
+  const ServiceSecurity security_;
   mutable std::mutex mu_;
   std::set<ChatStream*> streams_;  // guarded by mu_
 };

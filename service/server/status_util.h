@@ -22,6 +22,17 @@ inline absl::Status FromGrpcStatus(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+// A session that does not exist, and one the caller may not see (another
+// tenant's): the same words, so that a refusal confirms nothing.
+inline absl::Status NoSessionError(std::string_view id) {
+  return absl::NotFoundError(std::string("no session ").append(id));
+}
+
+// Every refused credential gets this: no hint of what was wrong.
+inline grpc::Status Unauthenticated() {
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or invalid credentials");
+}
+
 // "NOT_FOUND" etc., for the errors-by-code metric.
 inline std::string StatusCodeName(absl::StatusCode code) {
   std::string name = absl::StatusCodeToString(code);

@@ -1,0 +1,552 @@
+#!/usr/bin/python3
+"""End-to-end tests of `sinkserve serve`'s security: TLS and mutual TLS with
+certificates made here by the openssl CLI, bearer API keys, tenants that
+cannot see each other, admins, per-tenant quotas, the audit log and key
+reloads, against real server processes (see server_testlib.py).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+import grpc
+
+from server_testlib import SINKSERVE, Server, Stream, code_of, metrics, pb, pb_grpc
+from server_testlib import BearerToken, health, SERVING
+
+C = grpc.StatusCode
+POLICY = "streaming(4,60)"
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+class Pki:
+    """Two CAs, server certificates (one expired), client certificates."""
+
+    CA_CONF = """[ca]
+default_ca = ca_default
+[ca_default]
+database = index.txt
+new_certs_dir = .
+serial = serial
+default_md = sha256
+policy = policy_any
+copy_extensions = copy
+[policy_any]
+commonName = supplied
+"""
+
+    def __init__(self, root):
+        self.root = root
+        for ca in ("ca1", "ca2"):
+            openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "30",
+                    "-subj", f"/CN=sinkserve test {ca}", cwd=root)
+        self.server("srv1", "ca1")
+        self.server("srv2", "ca2")
+        self.server("expired", "ca1", expired=True)
+        self.client("client1", "ca1")
+        self.client("client2", "ca2")
+
+    def path(self, name):
+        return os.path.join(self.root, name)
+
+    def read(self, name):
+        with open(self.path(name), "rb") as f:
+            return f.read()
+
+    def _csr(self, name, cn, san):
+        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
+                *(["-addext", f"subjectAltName={san}"] if san else []), cwd=self.root)
+
+    def server(self, name, ca, expired=False):
+        self._csr(name, "localhost", "DNS:localhost,IP:127.0.0.1")
+        if expired:
+            with open(self.path("ca.cnf"), "w") as f:
+                f.write(self.CA_CONF)
+            open(self.path("index.txt"), "w").close()
+            with open(self.path("serial"), "w") as f:
+                f.write("01\n")
+            openssl("ca", "-batch", "-config", "ca.cnf", "-cert", f"{ca}.pem", "-keyfile",
+                    f"{ca}.key", "-in", f"{name}.csr", "-out", f"{name}.pem", "-notext",
+                    "-startdate", "20200101000000Z", "-enddate", "20200102000000Z",
+                    cwd=self.root)
+        else:
+            with open(self.path(f"{name}.ext"), "w") as f:
+                f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey",
+                    f"{ca}.key", "-CAcreateserial", "-days", "30", "-out", f"{name}.pem",
+                    "-extfile", f"{name}.ext", cwd=self.root)
+
+    def client(self, name, ca):
+        self._csr(name, name, None)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+                "-CAcreateserial", "-days", "30", "-out", f"{name}.pem", cwd=self.root)
+
+    def credentials(self, ca="ca1", client=None):
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.read(f"{ca}.pem"),
+            private_key=self.read(f"{client}.key") if client else None,
+            certificate_chain=self.read(f"{client}.pem") if client else None)
+
+
+def new_key(name, tenant, role="user"):
+    """(key, key-file line) from `sinkserve keys new`."""
+    out = subprocess.run([SINKSERVE, "keys", "new", "--name", name, "--tenant", tenant,
+                          "--role", role], check=True, capture_output=True, text=True)
+    return out.stdout.strip(), out.stderr.strip().splitlines()[-1]
+
+
+def stub_for(server, credentials, token=None):
+    channel = grpc.secure_channel(server.address, credentials)
+    if token:
+        channel = grpc.intercept_channel(channel, BearerToken(token))
+    return pb_grpc.SinkServeStub(channel)
+
+
+def config():
+    c = pb.SessionConfig()
+    c.policy.kind = pb.POLICY_STREAMING
+    c.policy.sinks, c.policy.window = 4, 60
+    return c
+
+
+def error_of(fn):
+    """(code, details) of the gRPC error `fn` raises."""
+    try:
+        fn()
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+    raise AssertionError("no error")
+
+
+def can_call(stub, timeout=5):
+    """Whether a ListSessions call gets through (an answer of any status
+    other than UNAVAILABLE means the TLS handshake passed)."""
+    try:
+        stub.ListSessions(pb.ListSessionsRequest(), timeout=timeout)
+        return True
+    except grpc.RpcError as e:
+        return e.code() != C.UNAVAILABLE
+
+
+class SecurityTestBase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="sinkserve-security-")
+        cls.pki = Pki(cls.tmp)
+        cls.keys = {}
+        lines = []
+        for name, tenant, role in (("alpha-app", "alpha", "user"), ("beta-app", "beta", "user"),
+                                   ("ops", "ops", "admin"), ("legacy", "default", "user")):
+            cls.keys[name], line = new_key(name, tenant, role)
+            lines.append(line)
+        cls.key_file = os.path.join(cls.tmp, "keys.txt")
+        with open(cls.key_file, "w") as f:
+            f.write("# test keys\n" + "\n".join(lines) + "\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def tls_server(self, db, *extra, client_ca=None, cert="srv1", **kw):
+        args = ["--tls-cert", self.pki.path(f"{cert}.pem"), "--tls-key", self.pki.path(f"{cert}.key"),
+                "--default-policy", POLICY, *extra]
+        if client_ca:
+            args += ["--tls-client-ca", self.pki.path(f"{client_ca}.pem")]
+        creds = self.pki.credentials("ca1", "client1" if client_ca else None)
+        server = Server(db, *args, credentials=creds, **kw)
+        self.addCleanup(server.close)
+        return server
+
+
+class TlsTest(SecurityTestBase):
+    def test_tls_is_required_and_verified(self):
+        server = self.tls_server(os.path.join(self.tmp, "tls-db"))
+        self.assertEqual(health(server.channel), SERVING)
+        self.assertTrue(can_call(stub_for(server, self.pki.credentials("ca1"))))
+        plain = pb_grpc.SinkServeStub(grpc.insecure_channel(server.address))
+        self.assertFalse(can_call(plain))
+        self.assertFalse(can_call(stub_for(server, self.pki.credentials("ca2"))))
+
+    def test_mutual_tls_needs_a_client_certificate_of_the_ca(self):
+        server = self.tls_server(os.path.join(self.tmp, "mtls-db"), client_ca="ca1")
+        self.assertTrue(can_call(stub_for(server, self.pki.credentials("ca1", "client1"))))
+        self.assertFalse(can_call(stub_for(server, self.pki.credentials("ca1"))))
+        self.assertFalse(can_call(stub_for(server, self.pki.credentials("ca1", "client2"))))
+
+    def test_an_expired_certificate_is_refused(self):
+        server = self.tls_server(os.path.join(self.tmp, "expired-db"), cert="expired",
+                                 wait=False)
+        time.sleep(0.5)
+        self.assertFalse(can_call(stub_for(server, self.pki.credentials("ca1"))))
+
+    def test_bad_tls_files_stop_the_server_with_a_clear_error(self):
+        out = subprocess.run(
+            [SINKSERVE, "serve", "--model", "/nonexistent", "--db",
+             os.path.join(self.tmp, "never"), "--tls-cert", self.pki.path("srv1.pem"),
+             "--tls-key", self.pki.path("srv2.key")], capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("is not the key of --tls-cert", out.stderr)
+
+    def test_rotation_keeps_open_streams(self):
+        cert, key = os.path.join(self.tmp, "live.pem"), os.path.join(self.tmp, "live.key")
+        shutil.copy(self.pki.path("srv1.pem"), cert)
+        shutil.copy(self.pki.path("srv1.key"), key)
+        server = Server(os.path.join(self.tmp, "rotate-db"), "--tls-cert", cert, "--tls-key",
+                        key, "--tls-reload-seconds", "1", "--default-policy", POLICY,
+                        credentials=self.pki.credentials("ca1"))
+        self.addCleanup(server.close)
+        stream = Stream(stub_for(server, self.pki.credentials("ca1")))
+        stream.open("rotating", config=config())
+        stream.turn("Once upon a time", max_tokens=4)
+        # Rotate to a certificate of another CA: replace both files by rename.
+        for src, dst in (("srv2.key", key), ("srv2.pem", cert)):
+            shutil.copy(self.pki.path(src), dst + ".new")
+            os.rename(dst + ".new", dst)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 15
+        while not can_call(stub_for(server, self.pki.credentials("ca2")), timeout=2):
+            self.assertLess(time.time(), deadline, "the new certificate was never served")
+            time.sleep(0.2)
+        self.assertFalse(can_call(stub_for(server, self.pki.credentials("ca1"))))
+        # The stream opened before the rotation goes on.
+        ids, _, end = stream.turn(" there was a dog", max_tokens=4)
+        self.assertEqual(end.usage.generated_tokens, len(ids))
+        stream.finish()
+
+
+class AuthTest(SecurityTestBase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.audit = os.path.join(cls.tmp, "audit.log")
+        cls.db = os.path.join(cls.tmp, "auth-db")
+        cls.server = Server(cls.db, "--tls-cert", cls.pki.path("srv1.pem"), "--tls-key",
+                            cls.pki.path("srv1.key"), "--auth", "api-keys", "--api-keys",
+                            cls.key_file, "--audit-log", cls.audit, "--default-policy", POLICY,
+                            "--metrics-listen", "127.0.0.1:0",
+                            credentials=cls.pki.credentials("ca1"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.close()
+        super().tearDownClass()
+
+    def stub(self, key=None, token=None):
+        return stub_for(self.server, self.pki.credentials("ca1"),
+                        token if token is not None else (self.keys[key] if key else None))
+
+    def audit_records(self):
+        with open(self.audit) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def test_every_rpc_refuses_missing_or_bad_credentials(self):
+        alpha = self.stub("alpha-app")
+        alpha.CreateSession(pb.CreateSessionRequest(session_id="guarded", config=config()))
+        for name, metadata in (("no token", ()),
+                               ("unknown key", (("authorization", "Bearer sk_not_a_key"),)),
+                               ("a key's hash", (("authorization", "Bearer " + "ab" * 32),)),
+                               ("not bearer", (("authorization", "Basic " + self.keys["ops"]),)),
+                               ("two values", (("authorization", "Bearer " + self.keys["ops"]),
+                                               ("authorization", "Bearer x")))):
+            stub = self.stub()
+            calls = {
+                "Create": lambda: stub.CreateSession(
+                    pb.CreateSessionRequest(session_id="x", config=config()), metadata=metadata),
+                "Get": lambda: stub.GetSession(pb.GetSessionRequest(session_id="guarded"),
+                                               metadata=metadata),
+                "List": lambda: stub.ListSessions(pb.ListSessionsRequest(), metadata=metadata),
+                "Delete": lambda: stub.DeleteSession(
+                    pb.DeleteSessionRequest(session_id="guarded"), metadata=metadata),
+                "Chat": lambda: Stream(stub, metadata=metadata).open("guarded", create=False),
+            }
+            for rpc, call in calls.items():
+                code, details = error_of(call)
+                self.assertEqual(code, C.UNAUTHENTICATED, f"{rpc} with {name}")
+                self.assertEqual(details, "missing or invalid credentials", f"{rpc} with {name}")
+        info = alpha.GetSession(pb.GetSessionRequest(session_id="guarded"))
+        self.assertEqual(info.tenant, "alpha")
+        failures = [r for r in self.audit_records() if r["action"] == "auth.failure"]
+        self.assertGreaterEqual(len(failures), 25)
+        self.assertTrue(all("peer" in r and r["result"] == "UNAUTHENTICATED" for r in failures))
+        self.assertFalse(any(self.keys["ops"] in json.dumps(r) for r in self.audit_records()))
+        self.assertGreaterEqual(
+            metrics(self.server.metrics_port)["sinkserve_auth_failures_total"], 25)
+        # Health needs no token.
+        self.assertEqual(health(self.server.channel), SERVING)
+
+    def test_tenants_cannot_see_or_touch_each_other(self):
+        alpha, beta = self.stub("alpha-app"), self.stub("beta-app")
+        stream = Stream(alpha)
+        stream.open("shared-name", config=config())
+        alpha_ids, _, _ = stream.turn("Tom has a red ball", max_tokens=6)
+        stream.finish()
+        before = alpha.GetSession(pb.GetSessionRequest(session_id="shared-name"))
+        snapshot_before = self.export("alpha\x1fshared-name")
+
+        missing = error_of(lambda: beta.GetSession(pb.GetSessionRequest(session_id="nothing")))
+        self.assertEqual(missing[0], C.NOT_FOUND)
+        for call in (
+                lambda: beta.GetSession(pb.GetSessionRequest(session_id="shared-name")),
+                lambda: beta.GetSession(pb.GetSessionRequest(session_id="shared-name",
+                                                             tenant="alpha")),
+                lambda: beta.DeleteSession(pb.DeleteSessionRequest(session_id="shared-name")),
+                lambda: beta.DeleteSession(pb.DeleteSessionRequest(session_id="shared-name",
+                                                                   tenant="alpha")),
+                lambda: Stream(beta).open("shared-name", create=False)):
+            code, details = error_of(call)
+            self.assertEqual(code, C.NOT_FOUND)
+            self.assertEqual(details, missing[1].replace("nothing", "shared-name"))
+        # A scoped id sent as a plain one reaches nothing either.
+        self.assertEqual(code_of(lambda: beta.GetSession(
+            pb.GetSessionRequest(session_id="alpha\x1fshared-name"))), C.INVALID_ARGUMENT)
+        # Beta may use the same name: its own, new session.
+        stream = Stream(beta)
+        opened = stream.open("shared-name", config=config())
+        self.assertEqual((opened.session.rounds, opened.session.tenant), (0, "beta"))
+        stream.turn("Something else entirely", max_tokens=6)
+        stream.finish()
+
+        after = alpha.GetSession(pb.GetSessionRequest(session_id="shared-name"))
+        self.assertEqual(before, after)
+        self.assertEqual(snapshot_before, self.export("alpha\x1fshared-name"))
+        alpha_list = [s.session_id for s in alpha.ListSessions(pb.ListSessionsRequest()).sessions]
+        beta_list = [s.session_id for s in beta.ListSessions(pb.ListSessionsRequest()).sessions]
+        self.assertIn("shared-name", alpha_list)
+        self.assertEqual(beta_list, ["shared-name"])
+        self.assertNotIn("guarded", beta_list)
+        self.assertEqual(code_of(lambda: beta.ListSessions(
+            pb.ListSessionsRequest(all_tenants=True))), C.PERMISSION_DENIED)
+        self.assertEqual(code_of(lambda: beta.ListSessions(
+            pb.ListSessionsRequest(tenant="alpha"))), C.PERMISSION_DENIED)
+        self.assertTrue(alpha_ids)
+
+    def test_admin_reaches_every_tenant_and_is_audited(self):
+        alpha, ops = self.stub("alpha-app"), self.stub("ops")
+        alpha.CreateSession(pb.CreateSessionRequest(session_id="for-admin", config=config()))
+        everything = ops.ListSessions(pb.ListSessionsRequest(all_tenants=True, page_size=1000))
+        self.assertIn(("alpha", "for-admin"),
+                      [(s.tenant, s.session_id) for s in everything.sessions])
+        self.assertEqual(len(ops.ListSessions(pb.ListSessionsRequest()).sessions), 0)
+        of_alpha = ops.ListSessions(pb.ListSessionsRequest(tenant="alpha", page_size=1000))
+        self.assertIn("for-admin", [s.session_id for s in of_alpha.sessions])
+        info = ops.GetSession(pb.GetSessionRequest(session_id="for-admin", tenant="alpha"))
+        self.assertEqual(info.tenant, "alpha")
+        ops.DeleteSession(pb.DeleteSessionRequest(session_id="for-admin", tenant="alpha"))
+        self.assertEqual(code_of(lambda: alpha.GetSession(
+            pb.GetSessionRequest(session_id="for-admin"))), C.NOT_FOUND)
+        records = self.audit_records()
+        actions = [(r["action"], r.get("owner"), r.get("session")) for r in records
+                   if r.get("credential") == "ops"]
+        self.assertIn(("admin.list", "*", None), actions)
+        self.assertIn(("admin.get", "alpha", "for-admin"), actions)
+        self.assertIn(("admin.delete", "alpha", "for-admin"), actions)
+        creates = [r for r in records if r["action"] == "session.create"
+                   and r.get("session") == "for-admin"]
+        self.assertEqual(creates[0]["tenant"], "alpha")
+        self.assertEqual(creates[0]["credential"], "alpha-app")
+
+    def test_audit_log_holds_no_conversation_text(self):
+        stream = Stream(self.stub("alpha-app"))
+        stream.open("private", config=config())
+        stream.turn("The secret word is xylophone", max_tokens=4)
+        stream.finish()
+        with open(self.audit) as f:
+            text = f.read()
+        self.assertIn('"session":"private"', text)
+        self.assertNotIn("xylophone", text)
+
+    def test_clients_speak_tls_and_tokens(self):
+        from server_testlib import EXAMPLE_CLIENT, STUBS
+        token_file = os.path.join(self.tmp, "alpha.token")
+        with open(token_file, "w") as f:
+            f.write(self.keys["alpha-app"] + "\n")
+        tls = ["--tls-ca", self.pki.path("ca1.pem"), "--tls-server-name", "localhost"]
+        chat = subprocess.run(
+            [SINKSERVE, "chat", "--server", self.server.address, *tls, "--token-file",
+             token_file, "--session", "from-cli", "--create", "--message", "Once upon a time",
+             "--max-tokens", "4", "--quiet"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(chat.returncode, 0, chat.stderr)
+        refused = subprocess.run(
+            [SINKSERVE, "chat", "--server", self.server.address, *tls, "--session", "from-cli",
+             "--message", "hi", "--quiet"], capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "SINKSERVE_TOKEN"})
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("UNAUTHENTICATED", refused.stderr)
+        env = dict(os.environ, SINKSERVE_TOKEN=self.keys["alpha-app"])
+        listing = subprocess.run(
+            ["/usr/bin/python3", EXAMPLE_CLIENT, "--stubs", STUBS, "--server",
+             self.server.address, *tls, "list"], capture_output=True, text=True, timeout=60,
+            env=env)
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        self.assertIn("from-cli", listing.stdout)
+        beta = dict(os.environ, SINKSERVE_TOKEN=self.keys["beta-app"])
+        listing = subprocess.run(
+            ["/usr/bin/python3", EXAMPLE_CLIENT, "--stubs", STUBS, "--server",
+             self.server.address, *tls, "get", "--session", "from-cli"], capture_output=True,
+            text=True, timeout=60, env=beta)
+        self.assertNotEqual(listing.returncode, 0)
+        self.assertIn("NOT_FOUND", listing.stderr)
+
+    def export(self, scoped_id):
+        out = os.path.join(self.tmp, f"export-{time.time_ns()}")
+        subprocess.run([SINKSERVE, "sessions", "--db", self.db, "export", scoped_id, out],
+                       check=True, capture_output=True)
+        with open(out, "rb") as f:
+            return f.read()
+
+
+class QuotaAndReloadTest(SecurityTestBase):
+    def server_with(self, db, *extra):
+        return self.tls_server(os.path.join(self.tmp, db), "--auth", "api-keys", "--api-keys",
+                               self.key_file, *extra)
+
+    def stub(self, server, key):
+        return stub_for(server, self.pki.credentials("ca1"), self.keys[key])
+
+    def test_session_limit_refuses_the_next_and_keeps_the_others(self):
+        limits = os.path.join(self.tmp, "limits.txt")
+        with open(limits, "w") as f:
+            f.write("alpha sessions=2\n")
+        server = self.server_with("quota-sessions", "--tenant-limits", limits)
+        alpha, beta = self.stub(server, "alpha-app"), self.stub(server, "beta-app")
+        for i in range(2):
+            alpha.CreateSession(pb.CreateSessionRequest(session_id=f"s{i}", config=config()))
+        code, details = error_of(lambda: alpha.CreateSession(
+            pb.CreateSessionRequest(session_id="s2", config=config())))
+        self.assertEqual(code, C.RESOURCE_EXHAUSTED)
+        self.assertIn("limit of 2", details)
+        self.assertIn("retry", details)
+        self.assertEqual(error_of(lambda: Stream(alpha).open("s3", config=config()))[0],
+                         C.RESOURCE_EXHAUSTED)
+        beta.CreateSession(pb.CreateSessionRequest(session_id="s2", config=config()))
+        stream = Stream(alpha)
+        stream.open("s0", create=False)
+        ids, _, _ = stream.turn("Once upon a time", max_tokens=4)
+        self.assertTrue(ids)
+        stream.finish()
+        alpha.DeleteSession(pb.DeleteSessionRequest(session_id="s1"))
+        alpha.CreateSession(pb.CreateSessionRequest(session_id="s2", config=config()))
+
+    def test_stream_limit(self):
+        server = self.server_with("quota-streams", "--tenant-max-streams", "1")
+        alpha, beta = self.stub(server, "alpha-app"), self.stub(server, "beta-app")
+        first = Stream(alpha)
+        first.open("one", config=config())
+        code, details = error_of(lambda: Stream(alpha).open("two", config=config()))
+        self.assertEqual(code, C.RESOURCE_EXHAUSTED)
+        self.assertIn("retry", details)
+        other = Stream(beta)
+        other.open("one", config=config())
+        other.finish()
+        first.turn("Still here", max_tokens=2)
+        first.finish()
+        deadline = time.time() + 5
+        while True:
+            try:
+                Stream(alpha).open("two", config=config())
+                break
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), C.RESOURCE_EXHAUSTED)
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.05)
+
+    def test_token_budget_refuses_turns_not_the_stream(self):
+        server = self.server_with("quota-tokens", "--tenant-tokens-per-minute", "20")
+        alpha, beta = self.stub(server, "alpha-app"), self.stub(server, "beta-app")
+        stream = Stream(alpha)
+        stream.open("budget", config=config())
+        for _ in range(2):  # 12, then 24 >= 20
+            ids, _, _ = stream.turn("Once upon a time", max_tokens=12, ignore_eos=True)
+            self.assertEqual(len(ids), 12)
+        stream.send(turn=pb.UserTurn(text="One more", max_tokens=4, turn_id="t3"))
+        response = stream.recv()
+        self.assertEqual(response.WhichOneof("kind"), "turn_error")
+        self.assertEqual(response.turn_error.code, C.RESOURCE_EXHAUSTED.value[0])
+        self.assertIn("retry in", response.turn_error.message)
+        # Other tenants are not affected; the refused stream stays open.
+        other = Stream(beta)
+        other.open("budget", config=config())
+        ids, _, _ = other.turn("Once upon a time", max_tokens=12, ignore_eos=True)
+        self.assertEqual(len(ids), 12)
+        other.finish()
+        info = alpha.GetSession(pb.GetSessionRequest(session_id="budget"))
+        self.assertEqual(info.rounds, 2)
+        stream.finish()
+
+    def test_sighup_reloads_keys(self):
+        keys = os.path.join(self.tmp, "reload-keys.txt")
+        shutil.copy(self.key_file, keys)
+        server = self.tls_server(os.path.join(self.tmp, "reload-db"), "--auth", "api-keys",
+                                 "--api-keys", keys)
+        key = subprocess.run([SINKSERVE, "keys", "new", "--name", "late", "--tenant", "gamma",
+                              "--append", keys], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        stub = stub_for(server, self.pki.credentials("ca1"), key)
+        self.assertEqual(code_of(lambda: stub.ListSessions(pb.ListSessionsRequest())),
+                         C.UNAUTHENTICATED)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while code_of(lambda: stub.ListSessions(pb.ListSessionsRequest())) is not None:
+            self.assertLess(time.time(), deadline, server.log())
+            time.sleep(0.05)
+        # A broken file keeps the old keys in force.
+        with open(keys, "a") as f:
+            f.write("broken line\n")
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        self.assertIsNone(code_of(lambda: stub.ListSessions(pb.ListSessionsRequest())))
+        self.assertIn("keeping the old API keys", server.log())
+
+    def test_sessions_from_before_tenants_belong_to_default(self):
+        db = os.path.join(self.tmp, "migrate-db")
+        old = Server(db, "--default-policy", POLICY, "--metrics-listen", "127.0.0.1:0")
+        self.assertIn("WARNING: --auth none", old.log())
+        self.assertEqual(metrics(old.metrics_port)['sinkserve_auth_mode{mode="none"}'], 1)
+        stream = Stream(old.stub)
+        stream.open("old-chat", config=config())
+        old_ids, _, _ = stream.turn("Lily had a cat", max_tokens=6)
+        stream.finish()
+        self.assertEqual(old.terminate(), 0)
+        old.close()
+
+        server = self.server_with("migrate-db")
+        legacy, alpha = self.stub(server, "legacy"), self.stub(server, "alpha-app")
+        info = legacy.GetSession(pb.GetSessionRequest(session_id="old-chat"))
+        self.assertEqual((info.tenant, info.rounds), ("default", 1))
+        self.assertEqual([s.session_id for s in
+                          legacy.ListSessions(pb.ListSessionsRequest()).sessions], ["old-chat"])
+        self.assertEqual(code_of(lambda: alpha.GetSession(
+            pb.GetSessionRequest(session_id="old-chat"))), C.NOT_FOUND)
+        stream = Stream(legacy)
+        opened = stream.open("old-chat", create=False)
+        self.assertTrue(opened.restored)
+        stream.turn("and a dog", max_tokens=4)
+        stream.finish()
+        self.assertTrue(old_ids)
+
+    def test_reflection_is_off_unless_asked_for(self):
+        def reflection_code(server):
+            call = server.channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            # ServerReflectionRequest{list_services: ""} (field 7).
+            return code_of(lambda: list(call(iter([b"\x3a\x00"]), timeout=5)))
+
+        self.assertEqual(reflection_code(self.tls_server(os.path.join(self.tmp, "refl-off"))),
+                         C.UNIMPLEMENTED)
+        self.assertIsNone(reflection_code(
+            self.tls_server(os.path.join(self.tmp, "refl-on"), "--reflection")))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -140,7 +140,8 @@ Metrics::Metrics(const MetricsOptions& options)
                         "1 for the authentication mode in force (none = anyone who reaches "
                         "the port is the default tenant).")
                     .Register(r);
-  for (const char* mode : {"none", "api-keys"}) auth_mode_->Add({{"mode", mode}});
+  for (const char* mode : {"none", "api-keys", "jwt", "api-keys,jwt"})
+    auth_mode_->Add({{"mode", mode}});
   auth_failures_ = &AddCounter(r, "sinkserve_auth_failures_total",
                                "Calls refused as UNAUTHENTICATED (no, malformed or unknown "
                                "credentials).");
@@ -280,7 +281,8 @@ void Metrics::AddPromptTokens(int64_t n) {
 }
 
 void Metrics::SetAuthMode(std::string_view mode) {
-  for (const char* m : {"none", "api-keys"}) auth_mode_->Add({{"mode", m}}).Set(mode == m ? 1 : 0);
+  for (const char* m : {"none", "api-keys", "jwt", "api-keys,jwt"})
+    auth_mode_->Add({{"mode", m}}).Set(mode == m ? 1 : 0);
 }
 void Metrics::IncAuthFailures() { auth_failures_->Increment(); }
 void Metrics::IncAdminActions() { admin_actions_->Increment(); }

@@ -405,6 +405,110 @@ class AuthTest(SecurityTestBase):
             return f.read()
 
 
+def b64url(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class JwtIssuer:
+    """An identity provider: an EC P-256 and an RSA key, its JWKS, and JWTs
+    signed by python3-cryptography (independent of the server's OpenSSL code)."""
+
+    def __init__(self):
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwks(self):
+        ec_pub = self.ec.public_key().public_numbers()
+        rsa_pub = self.rsa.public_key().public_numbers()
+        return json.dumps({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "ec", "use": "sig",
+             "x": b64url(ec_pub.x.to_bytes(32, "big")), "y": b64url(ec_pub.y.to_bytes(32, "big"))},
+            {"kty": "RSA", "kid": "rsa", "alg": "RS256",
+             "n": b64url(rsa_pub.n.to_bytes((rsa_pub.n.bit_length() + 7) // 8, "big")),
+             "e": b64url(rsa_pub.e.to_bytes(3, "big"))}]})
+
+    def token(self, alg="ES256", **overrides):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        claims = {"iss": "https://idp.test", "aud": "sinkserve", "sub": "svc-1",
+                  "tenant": "alpha", "exp": int(time.time()) + 300}
+        claims.update(overrides)
+        header = {"alg": alg, "typ": "JWT", "kid": "ec" if alg == "ES256" else "rsa"}
+        signing_input = (b64url(json.dumps(header).encode()) + "." +
+                         b64url(json.dumps(claims).encode())).encode()
+        if alg == "ES256":
+            r, s = decode_dss_signature(self.ec.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        else:
+            signature = self.rsa.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        return signing_input.decode() + "." + b64url(signature)
+
+
+class JwtTest(SecurityTestBase):
+    def test_jwt_tenants_and_every_rpc_refusing_bad_tokens(self):
+        issuer = JwtIssuer()
+        jwks = os.path.join(self.tmp, "jwks.json")
+        audit = os.path.join(self.tmp, "jwt-audit.log")
+        with open(jwks, "w") as f:
+            f.write(issuer.jwks())
+        server = self.tls_server(os.path.join(self.tmp, "jwt-db"), "--auth", "api-keys,jwt",
+                                 "--api-keys", self.key_file, "--jwks", jwks, "--jwt-issuer",
+                                 "https://idp.test", "--jwt-audience", "sinkserve",
+                                 "--audit-log", audit)
+        creds = self.pki.credentials("ca1")
+        for alg in ("ES256", "RS256"):
+            stub = stub_for(server, creds, issuer.token(alg))
+            stream = Stream(stub)
+            opened = stream.open(f"jwt-{alg}", config=config())
+            self.assertEqual(opened.session.tenant, "alpha")
+            stream.turn("Once upon a time", max_tokens=4)
+            stream.finish()
+        # JWT and API key of the same tenant see the same sessions.
+        by_key = stub_for(server, creds, self.keys["alpha-app"])
+        self.assertEqual(sorted(s.session_id for s in
+                                by_key.ListSessions(pb.ListSessionsRequest()).sessions),
+                         ["jwt-ES256", "jwt-RS256"])
+        beta = stub_for(server, creds, issuer.token(tenant="beta"))
+        self.assertEqual(code_of(lambda: beta.GetSession(
+            pb.GetSessionRequest(session_id="jwt-ES256"))), C.NOT_FOUND)
+
+        forged = issuer.token(tenant="alpha")
+        forged = forged[:forged.rfind(".") + 1] + b64url(b"\0" * 64)
+        bad_tokens = {
+            "expired": issuer.token(exp=int(time.time()) - 120),
+            "not yet valid": issuer.token(nbf=int(time.time()) + 600),
+            "wrong audience": issuer.token(aud="billing"),
+            "wrong issuer": issuer.token(iss="https://evil.test"),
+            "no tenant": issuer.token(tenant=""),
+            "bad signature": forged,
+        }
+        for why, token in bad_tokens.items():
+            stub = stub_for(server, creds, token)
+            calls = {
+                "Create": lambda: stub.CreateSession(
+                    pb.CreateSessionRequest(session_id="x", config=config())),
+                "Get": lambda: stub.GetSession(pb.GetSessionRequest(session_id="jwt-ES256")),
+                "List": lambda: stub.ListSessions(pb.ListSessionsRequest()),
+                "Delete": lambda: stub.DeleteSession(
+                    pb.DeleteSessionRequest(session_id="jwt-ES256")),
+                "Chat": lambda: Stream(stub).open("jwt-ES256", create=False),
+            }
+            for rpc, call in calls.items():
+                self.assertEqual(error_of(call), (C.UNAUTHENTICATED,
+                                                  "missing or invalid credentials"),
+                                 f"{rpc} with a token {why}")
+        self.assertEqual(by_key.GetSession(pb.GetSessionRequest(session_id="jwt-ES256")).rounds,
+                         1)
+        with open(audit) as f:
+            reasons = [json.loads(line).get("reason", "") for line in f]
+        for why in ("token expired", "nbf", "wrong audience", "wrong issuer", "claim 'tenant'",
+                    "bad signature"):
+            self.assertEqual(sum(why in r for r in reasons), 5, why)
+
+
 class QuotaAndReloadTest(SecurityTestBase):
     def server_with(self, db, *extra):
         return self.tls_server(os.path.join(self.tmp, db), "--auth", "api-keys", "--api-keys",

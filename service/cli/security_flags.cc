@@ -45,9 +45,15 @@ void AddServerSecurityFlags(std::vector<FlagSpec>* specs) {
        {"tls-ca", FlagKind::kString, "",
         "PEM CA bundle the other replicas' certificates chain to (handoffs); empty = system's"},
        {"auth", FlagKind::kString, "none",
-        "who may call: none (anyone; development only) or api-keys (--api-keys)"},
+        "who may call: none (anyone; development only), api-keys (--api-keys), jwt (--jwks) "
+        "or api-keys,jwt"},
        {"api-keys", FlagKind::kString, "",
         "API key file: NAME sha256:HEX TENANT user|admin per line (sinkserve keys new)"},
+       {"jwks", FlagKind::kString, "",
+        "JWKS file of the token issuer's public keys (RS256, ES256); re-read on SIGHUP"},
+       {"jwt-issuer", FlagKind::kString, "", "the iss every JWT must carry"},
+       {"jwt-audience", FlagKind::kString, "", "the aud every JWT must carry (or list)"},
+       {"jwt-tenant-claim", FlagKind::kString, "tenant", "the JWT claim naming the tenant"},
        {"audit-log", FlagKind::kString, "",
         "append JSON audit records here ('-' = stderr); empty = none"},
        {"tenant-limits", FlagKind::kString, "",
@@ -72,6 +78,10 @@ absl::Status ServerSecurityFromFlags(const FlagSet& flags, service::ServerOption
   if (!mode.ok()) return mode.status();
   options->auth.mode = *mode;
   options->auth.api_keys = flags.GetString("api-keys");
+  options->auth.jwks = flags.GetString("jwks");
+  options->auth.jwt.issuer = flags.GetString("jwt-issuer");
+  options->auth.jwt.audience = flags.GetString("jwt-audience");
+  options->auth.jwt.tenant_claim = flags.GetString("jwt-tenant-claim");
   options->audit_log = flags.GetString("audit-log");
   options->tenant_limits_file = flags.GetString("tenant-limits");
   for (const char* name :

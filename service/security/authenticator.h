@@ -13,15 +13,18 @@
 #include "absl/status/statusor.h"
 #include "service/security/api_keys.h"
 #include "service/security/caller.h"
+#include "service/security/jwt.h"
 
 namespace sinkserve::service::security {
 
 enum class AuthMode {
-  kNone,     // every caller is the default tenant's user (development only)
-  kApiKeys,  // bearer API keys from a key file
+  kNone,           // every caller is the default tenant's user (development only)
+  kApiKeys,        // bearer API keys from a key file
+  kJwt,            // bearer JWTs signed by a key of a JWKS file
+  kApiKeysAndJwt,  // either (a token with dots is a JWT)
 };
 
-// "none" / "api-keys"; INVALID_ARGUMENT otherwise.
+// "none" / "api-keys" / "jwt" / "api-keys,jwt"; INVALID_ARGUMENT otherwise.
 absl::StatusOr<AuthMode> ParseAuthMode(std::string_view name);
 const char* AuthModeName(AuthMode mode);
 
@@ -30,6 +33,10 @@ struct AuthOptions {
   AuthMode mode = AuthMode::kNone;
   // kApiKeys: the key file (api_keys.h). Default: "".
   std::string api_keys;
+  // kJwt: the JWKS file of the issuer's public keys, and what the tokens
+  // must say (jwt.h). Default: "".
+  std::string jwks;
+  JwtOptions jwt;
 };
 
 struct AuthOutcome {
@@ -45,7 +52,8 @@ class Authenticator {
   // (nullopt: none sent; several values are refused before this).
   AuthOutcome Authenticate(std::optional<std::string_view> authorization) const;
 
-  // Re-reads the key file (SIGHUP). On an error the old keys stay in force.
+  // Re-reads the key file and the JWKS (SIGHUP). On an error the old ones
+  // stay in force.
   absl::Status Reload();
 
   AuthMode mode() const { return options_.mode; }
@@ -57,6 +65,7 @@ class Authenticator {
   const AuthOptions options_;
   mutable std::mutex mu_;
   std::shared_ptr<const ApiKeyTable> keys_;  // guarded by mu_ (the pointer)
+  std::shared_ptr<const JwtVerifier> jwt_;   // guarded by mu_ (the pointer)
 };
 
 }  // namespace sinkserve::service::security

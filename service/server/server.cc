@@ -318,7 +318,9 @@ absl::Status Server::StartSecurity(const ServerOptions& options) {
               "on any network you do not fully trust.");
   } else {
     ServerLog("authentication: ", security::AuthModeName(options.auth.mode), " (", auth_->keys(),
-              " keys from ", options.auth.api_keys, ")");
+              " keys from ", options.auth.api_keys,
+              options.auth.api_keys.empty() || options.auth.jwks.empty() ? "" : " and ",
+              options.auth.jwks, ")");
   }
   if (!options.tls.enabled()) {
     ServerLog("WARNING: plaintext gRPC on ", options.listen,

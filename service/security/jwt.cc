@@ -178,7 +178,10 @@ bool AudienceMatches(const Value* aud, const std::string& want) {
 
 // A NumericDate claim (seconds since the epoch), if it is one.
 bool NumericDate(const Value* v, absl::Time* out) {
-  if (v == nullptr || v->kind_case() != Value::kNumberValue || !std::isfinite(v->number_value())) {
+  // Past year 33000 is no date a token carries (and would overflow int64).
+  constexpr double kLatest = 1e12;
+  if (v == nullptr || v->kind_case() != Value::kNumberValue || !std::isfinite(v->number_value()) ||
+      v->number_value() < 0 || v->number_value() > kLatest) {
     return false;
   }
   *out = absl::FromUnixSeconds(static_cast<int64_t>(v->number_value()));

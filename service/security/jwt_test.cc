@@ -144,6 +144,11 @@ TEST_F(JwtTest, TimeClaims) {
   EXPECT_NE(Refusal(rsa_.Token(Claims("", -31))).find("expired"), std::string::npos);
   EXPECT_TRUE(verifier_->Verify(rsa_.Token(Claims("", -29)), kNow).ok());  // leeway
   EXPECT_NE(Refusal(rsa_.Token(Claims(R"(,"nbf":1800000100)"))).find("nbf"), std::string::npos);
+  // Found by credentials_fuzz: a date past int64 seconds.
+  EXPECT_NE(Refusal(rsa_.Token(R"({"iss":"https://auth.example","aud":"sinkserve",)"
+                               R"("tenant":"acme","exp":1e87})"))
+                .find("exp"),
+            std::string::npos);
   EXPECT_NE(Refusal(rsa_.Token(R"({"iss":"https://auth.example","aud":"sinkserve",)"
                                R"("tenant":"acme"})"))
                 .find("exp"),

@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "memory/kv_cache.h"
+#include "memory/kv_cache_test_util.h"
 
 namespace sinkserve::memory {
 namespace {
@@ -16,17 +17,8 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-PolicyConfig P(const std::string& spec) {
-  absl::StatusOr<PolicyConfig> config = PolicyConfig::Parse(spec);
-  EXPECT_TRUE(config.ok()) << spec << ": " << config.status();
-  return *config;
-}
-
-std::vector<int64_t> Arrivals(const KvCache& cache) {
-  std::vector<int64_t> out;
-  for (const Cell& c : cache.cells()) out.push_back(c.arrival);
-  return out;
-}
+using kv_cache_testing::Arrivals;
+using kv_cache_testing::P;
 
 // Appends `n` tokens one at a time, trimming after each, as decoding does.
 void Feed(KvCache* cache, int n) {

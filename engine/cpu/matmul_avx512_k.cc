@@ -3,6 +3,10 @@
 // are vpmaddubsw (u8 quants x s8 activations -> s16 pairs) and vpdpwssd
 // (x scale, summed into s32).
 //
+// No Highway version: Highway 1.0.3 (Debian bookworm) has no int8 dot
+// product, and these kernels live on VNNI dot products (BENCHMARKS.md "One SIMD
+// story"); the AVX2 fallbacks in matmul_avx2.cc use maddubs/madd.
+//
 // All includes come before the target pragma so that inline functions of
 // other headers keep their baseline code (see matmul_internal.h).
 #include <cstdint>

@@ -1,6 +1,10 @@
 // AVX-512 + VNNI kernels for Q8_0 and Q4_0 weights (see matmul_avx512.cc
 // for the rest): vpdpbusd (u8 x s8 -> s32) on whole 32-blocks.
 //
+// No Highway version: Highway 1.0.3 (Debian bookworm) has no int8 dot
+// product, and these kernels live on VNNI dot products (BENCHMARKS.md "One SIMD
+// story"); the AVX2 fallbacks in matmul_avx2.cc use maddubs/madd.
+//
 // All includes come before the target pragma so that inline functions of
 // other headers keep their baseline code (see matmul_internal.h).
 #include <cstdint>

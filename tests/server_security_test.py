@@ -457,7 +457,7 @@ class JwtTest(SecurityTestBase):
         server = self.tls_server(os.path.join(self.tmp, "jwt-db"), "--auth", "api-keys,jwt",
                                  "--api-keys", self.key_file, "--jwks", jwks, "--jwt-issuer",
                                  "https://idp.test", "--jwt-audience", "sinkserve",
-                                 "--audit-log", audit)
+                                 "--audit-log", audit, "--jwt-leeway-seconds", "0")
         creds = self.pki.credentials("ca1")
         for alg in ("ES256", "RS256"):
             stub = stub_for(server, creds, issuer.token(alg))
@@ -502,6 +502,17 @@ class JwtTest(SecurityTestBase):
                                  f"{rpc} with a token {why}")
         self.assertEqual(by_key.GetSession(pb.GetSessionRequest(session_id="jwt-ES256")).rounds,
                          1)
+        # A stream lives no longer than its token (here: no leeway, 3 s).
+        short = stub_for(server, creds, issuer.token(exp=int(time.time()) + 3))
+        stream = Stream(short)
+        stream.open("short-lived", config=config())
+        stream.turn("Once upon a time", max_tokens=2)
+        deadline = time.time() + 20
+        while "ended 1 streams of revoked or expired credentials" not in server.log():
+            self.assertLess(time.time(), deadline, server.log())
+            time.sleep(0.1)
+        self.assertEqual(error_of(lambda: stream.turn("and then", max_tokens=2)),
+                         (C.UNAUTHENTICATED, "credentials expired"))
         with open(audit) as f:
             reasons = [json.loads(line).get("reason", "") for line in f]
         for why in ("token expired", "nbf", "wrong audience", "wrong issuer", "claim 'tenant'",
@@ -610,6 +621,21 @@ class QuotaAndReloadTest(SecurityTestBase):
         time.sleep(0.3)
         self.assertIsNone(code_of(lambda: stub.ListSessions(pb.ListSessionsRequest())))
         self.assertIn("keeping the old API keys", server.log())
+        # Revocation: the key's line leaves the file; at the reload its open
+        # stream ends too, not only its next calls.
+        stream = Stream(stub)
+        stream.open("revoked-soon", config=config())
+        stream.turn("Once upon a time", max_tokens=2)
+        shutil.copy(self.key_file, keys)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while "ended 1 streams of revoked or expired credentials" not in server.log():
+            self.assertLess(time.time(), deadline, server.log())
+            time.sleep(0.05)
+        code, details = error_of(lambda: stream.turn("and then", max_tokens=2))
+        self.assertEqual((code, details), (C.UNAUTHENTICATED, "credentials revoked"))
+        self.assertEqual(code_of(lambda: stub.ListSessions(pb.ListSessionsRequest())),
+                         C.UNAUTHENTICATED)
 
     def test_sessions_from_before_tenants_belong_to_default(self):
         db = os.path.join(self.tmp, "migrate-db")

@@ -1,6 +1,7 @@
 #include "service/cli/security_flags.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace sinkserve::cli {
 
@@ -54,6 +55,8 @@ void AddServerSecurityFlags(std::vector<FlagSpec>* specs) {
        {"jwt-issuer", FlagKind::kString, "", "the iss every JWT must carry"},
        {"jwt-audience", FlagKind::kString, "", "the aud every JWT must carry (or list)"},
        {"jwt-tenant-claim", FlagKind::kString, "tenant", "the JWT claim naming the tenant"},
+       {"jwt-leeway-seconds", FlagKind::kDouble, "30",
+        "clock skew allowed on exp and nbf; a stream ends this long after its token's exp"},
        {"audit-log", FlagKind::kString, "",
         "append JSON audit records here ('-' = stderr); empty = none"},
        {"tenant-limits", FlagKind::kString, "",
@@ -82,6 +85,10 @@ absl::Status ServerSecurityFromFlags(const FlagSet& flags, service::ServerOption
   options->auth.jwt.issuer = flags.GetString("jwt-issuer");
   options->auth.jwt.audience = flags.GetString("jwt-audience");
   options->auth.jwt.tenant_claim = flags.GetString("jwt-tenant-claim");
+  if (flags.GetDouble("jwt-leeway-seconds") < 0) {
+    return absl::InvalidArgumentError("--jwt-leeway-seconds must be >= 0");
+  }
+  options->auth.jwt.leeway = absl::Seconds(flags.GetDouble("jwt-leeway-seconds"));
   options->audit_log = flags.GetString("audit-log");
   options->tenant_limits_file = flags.GetString("tenant-limits");
   for (const char* name :

@@ -96,6 +96,7 @@ absl::StatusOr<ApiKeyTable> ApiKeyTable::Parse(std::string_view text, std::strin
     Entry entry;
     if (fields[0].size() > 128) return bad("name longer than 128 bytes");
     entry.caller.credential = std::string(fields[0]);
+    entry.caller.api_key = true;
     if (!absl::StartsWith(fields[1], kHashPrefix) ||
         !ParseHex(Std(fields[1].substr(kHashPrefix.size())), &entry.hash)) {
       return bad("the key must be given as sha256: and 64 hex digits (never the key itself)");
@@ -120,6 +121,16 @@ absl::StatusOr<ApiKeyTable> ApiKeyTable::Load(const std::string& path) {
   text << in.rdbuf();
   if (in.bad()) return absl::DataLossError(absl::StrCat("error reading API key file ", path));
   return Parse(text.str(), path);
+}
+
+bool ApiKeyTable::Admits(const Caller& caller) const {
+  for (const Entry& entry : entries_) {
+    if (entry.caller.credential == caller.credential && entry.caller.tenant == caller.tenant &&
+        entry.caller.role == caller.role) {
+      return true;
+    }
+  }
+  return false;
 }
 
 std::optional<Caller> ApiKeyTable::Find(std::string_view key) const {

@@ -45,6 +45,10 @@ class ApiKeyTable {
   // key's content (it depends only on the table's size).
   std::optional<Caller> Find(std::string_view key) const;
 
+  // Whether the table still admits `caller` (a caller an earlier table
+  // found): a key of that name, tenant and role. False after revocation.
+  bool Admits(const Caller& caller) const;
+
   size_t size() const { return entries_.size(); }
 
  private:

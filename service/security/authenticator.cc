@@ -91,6 +91,13 @@ absl::Status Authenticator::Reload() {
   return absl::OkStatus();
 }
 
+bool Authenticator::Revoked(const Caller& caller, absl::Time now) const {
+  if (now > caller.expires) return true;
+  if (!caller.api_key) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  return keys_ == nullptr || !keys_->Admits(caller);
+}
+
 size_t Authenticator::keys() const {
   std::lock_guard<std::mutex> lock(mu_);
   return (keys_ != nullptr ? keys_->size() : 0) + (jwt_ != nullptr ? jwt_->keys() : 0);

@@ -56,6 +56,10 @@ class Authenticator {
   // stay in force.
   absl::Status Reload();
 
+  // Whether `caller`, admitted earlier, may no longer call: its API key's
+  // line left the file at a reload, or its JWT expired by `now`.
+  bool Revoked(const Caller& caller, absl::Time now) const;
+
   AuthMode mode() const { return options_.mode; }
   size_t keys() const;
 

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace sinkserve::service::security {
 
@@ -31,6 +32,10 @@ struct Caller {
   // Which credential it presented (an API key's name, a JWT's subject), for
   // the audit log; never the secret. "" with --auth none.
   std::string credential;
+  // Whether it presented an API key (revocable while its calls run).
+  bool api_key = false;
+  // When its credential stops being valid (a JWT's exp plus leeway).
+  absl::Time expires = absl::InfiniteFuture();
 };
 
 // A session id as a client sends it: memory::ValidateSessionId's plain

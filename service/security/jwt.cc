@@ -296,6 +296,7 @@ absl::StatusOr<Caller> JwtVerifier::Verify(std::string_view token, absl::Time no
     caller.role = *parsed;
   }
   caller.credential = absl::StrCat("jwt:", StringField(claims, "sub"));
+  caller.expires = exp + options_.leeway;
   return caller;
 }
 

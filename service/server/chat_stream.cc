@@ -177,6 +177,14 @@ void ChatStream::Drain() {
   if (!turn_active_ && !opening_) FinishLocked(ShuttingDown());
 }
 
+void ChatStream::End(const grpc::Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    FinishLocked(status);
+  }
+  if (Scheduler* scheduler = service_->core().scheduler) scheduler->Wake();
+}
+
 void ChatStream::Abort(const std::string& session_id, const grpc::Status& status) {
   {
     std::lock_guard<std::mutex> lock(mu_);

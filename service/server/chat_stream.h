@@ -54,6 +54,10 @@ class ChatStream : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBu
 
   // The server is draining: end the stream now if idle, else after its turn.
   void Drain();
+  // Ends the stream with `status` (a running turn is cancelled).
+  void End(const grpc::Status& status);
+  const security::Caller& caller() const { return caller_; }
+  const std::string& peer() const { return peer_; }
   // If the stream is attached to `session_id`: ends it with `status` (its
   // running turn is cancelled, the session detaches once the turn ended).
   void Abort(const std::string& session_id, const grpc::Status& status);

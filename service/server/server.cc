@@ -368,17 +368,29 @@ absl::Status Server::Reload() {
     }
   }
   if (first.ok()) ServerLog("reloaded: ", auth_->keys(), " API keys, tenant limits, audit log");
+  if (const int ended = service_->EndRevokedStreams(); ended > 0) {
+    ServerLog("ended ", ended, " streams of revoked or expired credentials");
+  }
   return first;
 }
 
 void Server::StartSweeper(absl::Duration idle_timeout) {
-  if (idle_timeout <= absl::ZeroDuration()) return;
   // Sessions also leave memory when the manager is next used (every attach,
   // detach and checkpoint sweeps); this covers a server that goes quiet.
-  const absl::Duration period =
-      std::clamp(idle_timeout / 4, absl::Seconds(1), absl::Seconds(60));
-  sweeper_ = std::thread([this, period] {
-    while (!stop_sweeper_.WaitForNotificationWithTimeout(period)) {
+  const absl::Duration sweep_every =
+      idle_timeout > absl::ZeroDuration()
+          ? std::clamp(idle_timeout / 4, absl::Seconds(1), absl::Seconds(60))
+          : absl::InfiniteDuration();
+  // Streams whose JWT expired end within this long of its exp.
+  const absl::Duration check_every = std::min(sweep_every, absl::Seconds(5));
+  sweeper_ = std::thread([this, sweep_every, check_every] {
+    absl::Time next_sweep = absl::Now() + sweep_every;
+    while (!stop_sweeper_.WaitForNotificationWithTimeout(check_every)) {
+      if (const int ended = service_->EndRevokedStreams(); ended > 0) {
+        ServerLog("ended ", ended, " streams of revoked or expired credentials");
+      }
+      if (absl::Now() < next_sweep) continue;
+      next_sweep = absl::Now() + sweep_every;
       scheduler_->Post([this] {
         if (absl::Status s = sessions_->Sweep(); !s.ok()) {
           ServerLog("dropping idle sessions: ", s.ToString());

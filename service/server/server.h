@@ -121,8 +121,9 @@ class Server {
   // The --tenant-limits overrides (none without a file).
   absl::StatusOr<std::map<std::string, security::TenantLimits>> ReadTenantLimits() const;
   // A thread that posts SessionManager::Sweep to the scheduler every
-  // idle_timeout / 4 (1 s to 60 s), so idle sessions leave memory even when
-  // no request comes; none for a zero timeout.
+  // idle_timeout / 4 (1 s to 60 s; never for a zero timeout), so idle
+  // sessions leave memory even when no request comes, and every 5 s at most
+  // ends the streams whose credentials expired.
   void StartSweeper(absl::Duration idle_timeout);
   void StopSweeper();
   // Shared store: publishes the lease and fencing totals 4 times a second.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "memory/session_state.h"
 #include "service/server/chat_stream.h"
 #include "service/server/status_util.h"
@@ -70,6 +71,29 @@ int SinkServeService::open_streams() const {
 void SinkServeService::EndStreamsOf(const std::string& id, const grpc::Status& status) {
   std::lock_guard<std::mutex> lock(mu_);
   for (ChatStream* stream : streams_) stream->Abort(id, status);
+}
+
+int SinkServeService::EndRevokedStreams() {
+  const absl::Time now = absl::Now();
+  std::lock_guard<std::mutex> lock(mu_);
+  int ended = 0;
+  for (ChatStream* stream : streams_) {
+    if (!security_.auth->Revoked(stream->caller(), now)) continue;
+    const bool expired = now > stream->caller().expires;
+    security::AuditEvent event;
+    event.action = "auth.revoked";
+    event.tenant = stream->caller().tenant;
+    event.credential = stream->caller().credential;
+    event.peer = stream->peer();
+    event.result = "UNAUTHENTICATED";
+    event.reason = expired ? "JWT past its exp; its open stream ended"
+                           : "API key removed from the key file; its open stream ended";
+    Audit(nullptr, std::move(event));
+    stream->End(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                             expired ? "credentials expired" : "credentials revoked"));
+    ++ended;
+  }
+  return ended;
 }
 
 void SinkServeService::Unregister(ChatStream* stream) {

@@ -82,6 +82,9 @@ class SinkServeService final : public SinkServeServiceBase {
   int open_streams() const;
   // Ends the stream attached to session `id`, if any, with `status`.
   void EndStreamsOf(const std::string& id, const grpc::Status& status);
+  // Ends (UNAUTHENTICATED, audited) every stream whose API key was revoked
+  // by the last reload or whose JWT has expired; returns how many.
+  int EndRevokedStreams();
 
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Chat(
       grpc::CallbackServerContext* context) override;

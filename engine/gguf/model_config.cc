@@ -86,6 +86,13 @@ absl::Status CheckTensors(const GgufFile& file, const ModelConfig& c) {
     std::string meaning;
     bool required;
   };
+  // Each layer has 9 tensors at least: a block count beyond the tensor count
+  // is refused before building its table (a fuzzed header claimed 10^6
+  // layers, and the table took seconds).
+  if (c.n_layers > static_cast<int64_t>(file.tensors().size())) {
+    return Invalid(absl::StrCat("block_count ", c.n_layers, " but the file holds only ",
+                                file.tensors().size(), " tensors"));
+  }
   absl::flat_hash_map<std::string, Expected> expected;
   const int64_t q_dim = c.n_heads * c.head_dim;
   const int64_t kv_dim = c.n_kv_heads * c.head_dim;

@@ -254,6 +254,12 @@ TEST(ModelConfigTest, HyperparameterErrors) {
   wrong_kind.u32.erase("llama.block_count");
   EXPECT_THAT(ErrorOf(wrong_kind), HasSubstr("llama.block_count"));
 
+  // Found by gguf_fuzz: a header claiming a million layers is refused
+  // before a table of ten million expected tensors is built.
+  TinyLlama deep;
+  deep.u32["llama.block_count"] = 1000000;
+  EXPECT_THAT(ErrorOf(deep), HasSubstr("block_count 1000000 but the file holds only"));
+
   TinyLlama mistral;  // Mistral files say "llama" too; others are refused
   mistral.arch = "mistral";
   EXPECT_THAT(ErrorOf(mistral),

@@ -7,11 +7,6 @@
 //      the claim checks behind the signature are reached too.
 // Run with scripts/fuzz. With SINKSERVE_CREDENTIAL_SEEDS=DIR set, the first
 // call writes valid inputs of every kind there (the seed corpus).
-#include <openssl/bn.h>
-#include <openssl/core_names.h>
-#include <openssl/ecdsa.h>
-#include <openssl/evp.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -20,66 +15,33 @@
 #include <string>
 #include <string_view>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "service/security/api_keys.h"
 #include "service/security/authenticator.h"
 #include "service/security/jwt.h"
+#include "service/security/jwt_testing.h"
 #include "service/security/tenant_limits.h"
 
 namespace {
 
 namespace sec = sinkserve::service::security;
 
-std::string B64(std::string_view bytes) {
-  std::string out;
-  absl::WebSafeBase64Escape(absl::string_view(bytes.data(), bytes.size()), &out);
-  return out;
-}
-
-std::string Coordinate(EVP_PKEY* key, const char* name) {
-  BIGNUM* bn = nullptr;
-  EVP_PKEY_get_bn_param(key, name, &bn);
-  std::string out(32, '\0');
-  BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), 32);
-  BN_free(bn);
-  return out;
-}
-
 // The issuer: one P-256 key, its JWKS, a verifier and an authenticator.
 struct Issuer {
-  EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
-  std::string jwks;
+  sec::jwt_testing::TestSigner key = sec::jwt_testing::TestSigner::Ec("k1");
+  std::string jwks = absl::StrCat(R"({"keys":[)", key.Jwk(), "]}");
   sec::JwtOptions options;
   std::unique_ptr<sec::JwtVerifier> verifier;
 
   Issuer() {
-    jwks = absl::StrCat(R"({"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":")",
-                        B64(Coordinate(key, OSSL_PKEY_PARAM_EC_PUB_X)), R"(","y":")",
-                        B64(Coordinate(key, OSSL_PKEY_PARAM_EC_PUB_Y)), R"("}]})");
     options.issuer = "https://idp";
     options.audience = "sinkserve";
     verifier = *sec::JwtVerifier::Create(jwks, options);
   }
 
   std::string Sign(std::string_view header, std::string_view claims) const {
-    const std::string input = absl::StrCat(B64(header), ".", B64(claims));
-    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> md(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-    size_t len = 0;
-    EVP_DigestSignInit(md.get(), nullptr, EVP_sha256(), nullptr, key);
-    EVP_DigestSign(md.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(input.data()),
-                   input.size());
-    std::string der(len, '\0');
-    EVP_DigestSign(md.get(), reinterpret_cast<unsigned char*>(der.data()), &len,
-                   reinterpret_cast<const unsigned char*>(input.data()), input.size());
-    const unsigned char* p = reinterpret_cast<const unsigned char*>(der.data());
-    ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(len));
-    std::string raw(64, '\0');
-    BN_bn2binpad(ECDSA_SIG_get0_r(sig), reinterpret_cast<unsigned char*>(raw.data()), 32);
-    BN_bn2binpad(ECDSA_SIG_get0_s(sig), reinterpret_cast<unsigned char*>(raw.data()) + 32, 32);
-    ECDSA_SIG_free(sig);
-    return absl::StrCat(input, ".", B64(raw));
+    return key.Token(header, claims);
   }
 };
 

@@ -22,12 +22,43 @@ namespace sinkserve::engine {
 namespace matmul_internal {
 namespace {
 
+// Whether the CPU (and OS) runs `isa`'s instructions, whether or not this
+// build has kernels for it.
+bool CpuRuns(Isa isa) {
+  if (isa == Isa::kScalar) return true;
+#if defined(__x86_64__) && defined(__GNUC__)
+  // Highway's target bits include the OS (XSAVE) support checks.
+  const int64_t targets = hwy::SupportedTargets();
+  if (isa == Isa::kAvx2) return (targets & HWY_AVX2) != 0;
+  return (targets & (HWY_AVX3 | HWY_AVX3_DL)) != 0 && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+// One ISA's set: the Highway float kernels beside the intrinsics ones of the
+// quantized types; nullptr unless the build has both.
+const KernelSet* Compose(const char* name, const FloatKernels* f, const QuantKernels* q) {
+  if (f == nullptr || q == nullptr) return nullptr;
+  return new KernelSet{name,    q->tile_tokens, f->quantize_q8_0, f->quantize_q8_k, f->f32, f->f16,
+                       f->bf16, q->q8_0,        q->q4_0,          q->q4_k,          q->q6_k};
+}
+
+constexpr const char* kIsaNames[] = {"scalar", "avx2", "avx512"};
+
+// Only for an ISA the CPU runs: building a set calls into its target's code.
 const KernelSet* KernelsFor(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512:
-      return Avx512Kernels();
-    case Isa::kAvx2:
-      return Avx2Kernels();
+    case Isa::kAvx512: {
+      static const KernelSet* const kSet =
+          Compose(kIsaNames[2], HwyFloatKernels(isa), Avx512QuantKernels());
+      return kSet;
+    }
+    case Isa::kAvx2: {
+      static const KernelSet* const kSet =
+          Compose(kIsaNames[1], HwyFloatKernels(isa), Avx2QuantKernels());
+      return kSet;
+    }
     case Isa::kScalar:
       break;
   }
@@ -44,7 +75,7 @@ Isa BestIsa() {
   if (const char* env = std::getenv("SINKSERVE_MATMUL_ISA")) {
     const std::string_view want(env);
     for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-      if (want == KernelsFor(isa)->name && IsaSupported(isa)) return isa;
+      if (want == kIsaNames[static_cast<int>(isa)] && IsaSupported(isa)) return isa;
     }
   }
   return best;
@@ -54,18 +85,7 @@ const KernelSet* g_forced = nullptr;
 
 }  // namespace
 
-bool IsaSupported(Isa isa) {
-  if (KernelsFor(isa) == nullptr) return false;
-  if (isa == Isa::kScalar) return true;
-#if defined(__x86_64__) && defined(__GNUC__)
-  // Highway's target bits include the OS (XSAVE) support checks.
-  const int64_t targets = hwy::SupportedTargets();
-  if (isa == Isa::kAvx2) return (targets & HWY_AVX2) != 0;
-  return (targets & (HWY_AVX3 | HWY_AVX3_DL)) != 0 && __builtin_cpu_supports("avx512vnni");
-#else
-  return false;
-#endif
-}
+bool IsaSupported(Isa isa) { return CpuRuns(isa) && KernelsFor(isa) != nullptr; }
 
 const KernelSet& ActiveKernels() {
   if (g_forced != nullptr) return *g_forced;

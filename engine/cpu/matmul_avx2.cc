@@ -1,10 +1,16 @@
-// AVX2 + FMA + F16C matmul kernels (Haswell / Zen 1 and later). Without
-// VNNI, integer dot products go through vpmaddubsw (u8 x s8 -> s16 pairs)
-// and vpmaddwd, as ggml does; 16 vector registers allow 4 rows x 2 tokens.
+// AVX2 + FMA + F16C matmul kernels of the quantized types (Haswell / Zen 1
+// and later); the float types and the activation quantizers are Highway
+// (matmul_float.cc). Without VNNI, integer dot products go through vpmaddubsw
+// (u8 x s8 -> s16 pairs) and vpmaddwd, as ggml does; 16 vector registers
+// allow 4 rows x 2 tokens.
+//
+// Intrinsics, not Highway: Highway 1.0.3 has no vpmaddubsw. The same Q8_0
+// tiles in Highway, quants widened to int16 for vpmaddwd, measured prefill-512
+// 386 / 412 ms against 347 / 367 ms here (11% slower), decode equal;
+// BENCHMARKS.md "One SIMD story".
 //
 // All includes come before the target pragma (see matmul_internal.h).
 #include <cstdint>
-#include <cstring>
 
 #include "engine/cpu/matmul_internal.h"
 #include "engine/gguf/quant_blocks.h"
@@ -22,10 +28,10 @@
 #pragma GCC target("avx2,fma,f16c,bmi2")
 #endif
 
-#include "engine/cpu/matmul_kernels-inl.h"
-
 namespace sinkserve::engine::matmul_internal {
 namespace {
+
+#include "engine/cpu/matmul_kernels-inl.h"
 
 inline float F16(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -38,84 +44,6 @@ inline float Hsum(__m256 v) {
 inline __m256i Load256(const void* p) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(p));
 }
-
-// ---------------------------------------------------------------- floats
-struct LoadF32 {
-  using T = float;
-  static __m256 Load(const float* p) { return _mm256_loadu_ps(p); }
-  static float One(const float* p) { return *p; }
-};
-struct LoadF16 {
-  using T = uint16_t;
-  static __m256 Load(const uint16_t* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  }
-  static float One(const uint16_t* p) { return _cvtsh_ss(*p); }
-};
-struct LoadBF16 {
-  using T = uint16_t;
-  static __m256 Load(const uint16_t* p) {
-    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-  }
-  static float One(const uint16_t* p) {
-    const uint32_t bits = static_cast<uint32_t>(*p) << 16;
-    float f;
-    std::memcpy(&f, &bits, sizeof(f));
-    return f;
-  }
-};
-
-// Intrinsics rather than Highway (which matmul.cc and vec_ops.cc use): the
-// same tiles written in Highway 1.0.3 measured 7-14% slower on f32 (AVX-512
-// decode 3.28 vs 3.82 ms, AVX2 3.99 vs 4.34 ms, prefill-512 231 vs 254 ms;
-// BENCHMARKS.md "One SIMD story"), so this kernel stays hand-written.
-template <class L>
-struct FloatKernel {
-  static constexpr int kRows = 4;
-  static constexpr bool kRaggedRows = false;
-  static constexpr int kTokens = 2;
-  template <int R, int T>
-  static void Tile(const WeightMatrix& w, const Activations& a, int64_t r, int64_t t, float* y,
-                   int64_t ldy) {
-    using WT = typename L::T;
-    const int64_t cols = a.cols;
-    const WT* wr[R];
-    const float* x[T];
-    SINKSERVE_UNROLL
-    for (int i = 0; i < R; ++i) wr[i] = reinterpret_cast<const WT*>(w.data + (r + i) * w.row_bytes);
-    SINKSERVE_UNROLL
-    for (int j = 0; j < T; ++j) x[j] = a.f32 + (t + j) * cols;
-    __m256 acc[R][T];
-    SINKSERVE_UNROLL
-    for (int i = 0; i < R; ++i)
-      SINKSERVE_UNROLL
-      for (int j = 0; j < T; ++j) acc[i][j] = _mm256_setzero_ps();
-    NextTilePrefetcher pf(w, r, R, cols / 8);
-    int64_t c = 0;
-    for (; c + 8 <= cols; c += 8) {
-      pf.Step();
-      __m256 xv[T];
-      SINKSERVE_UNROLL
-      for (int j = 0; j < T; ++j) xv[j] = _mm256_loadu_ps(x[j] + c);
-      SINKSERVE_UNROLL
-      for (int i = 0; i < R; ++i) {
-        const __m256 wv = L::Load(wr[i] + c);
-        SINKSERVE_UNROLL
-        for (int j = 0; j < T; ++j) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
-      }
-    }
-    SINKSERVE_UNROLL
-    for (int i = 0; i < R; ++i) {
-      SINKSERVE_UNROLL
-      for (int j = 0; j < T; ++j) {
-        float sum = Hsum(acc[i][j]);
-        for (int64_t k = c; k < cols; ++k) sum += L::One(wr[i] + k) * x[j][k];
-        y[(t + j) * ldy + r + i] = sum;
-      }
-    }
-  }
-};
 
 // ------------------------------------------------------- Q8_0 and Q4_0
 // One 32-block per vector. Q8_0 uses ggml's sign trick (|w| x sign(w) * x
@@ -328,113 +256,17 @@ struct Q6KKernel {
   }
 };
 
-// ------------------------------------------------------- quantization
-inline __m256 Abs(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
-
-inline float HmaxAbs(const float* x, int n) {
-  __m256 m = _mm256_setzero_ps();
-  for (int k = 0; k < n; k += 8) m = _mm256_max_ps(m, Abs(_mm256_loadu_ps(x + k)));
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
-}
-
-inline int32_t HsumI32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
-
-// 8 int32 (|v| <= 127) to 8 bytes at p.
-inline void Store8(__m256i v, int8_t* p) {
-  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(w, w));
-}
-
-// Rounded half away from zero, as std::round in QuantizeRowQ8_0.
-inline __m256i RoundAway(__m256 v) {
-  const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-  const __m256 up = _mm256_cmp_ps(Abs(_mm256_sub_ps(v, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-  const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, _mm256_set1_ps(-0.0f)));
-  return _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(up, one)));
-}
-
-void QuantizeQ8_0(const float* x, int64_t cols, int8_t* qs, float* d, int32_t* neg_sums) {
-  for (int64_t b = 0; b < cols / kQK8_0; ++b) {
-    const float* xb = x + 32 * b;
-    const float dd = HmaxAbs(xb, 32) / 127.0f;
-    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    d[b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT));
-    const __m256 vid = _mm256_set1_ps(id);
-    __m256i sum = _mm256_setzero_si256();
-    for (int k = 0; k < 32; k += 8) {
-      const __m256i q = RoundAway(_mm256_mul_ps(_mm256_loadu_ps(xb + k), vid));
-      Store8(q, qs + 32 * b + k);
-      sum = _mm256_add_epi32(sum, q);
-    }
-    neg_sums[b] = -HsumI32(sum);
-  }
-}
-
-void QuantizeQ8_K(const float* x, int64_t cols, int8_t* qs, float* d, int16_t* bsums,
-                  float* dsums) {
-  for (int64_t b = 0; b < cols / kQK_K; ++b) {
-    const float* xb = x + b * kQK_K;
-    const float amax = HmaxAbs(xb, kQK_K);
-    int8_t* q = qs + b * kQK_K;
-    int16_t* bs = bsums + b * (kQK_K / 16);
-    if (amax == 0.0f) {
-      d[b] = 0.0f;
-      std::memset(q, 0, kQK_K);
-      std::memset(bs, 0, kQK_K / 16 * sizeof(int16_t));
-      for (int k = 0; k < kQK_K / 32; ++k) dsums[b * (kQK_K / 32) + k] = 0.0f;
-      continue;
-    }
-    float max = 0.0f;  // the first value of largest magnitude, sign included
-    for (int k = 0; k < kQK_K; ++k) {
-      if (xb[k] == amax || xb[k] == -amax) {
-        max = xb[k];
-        break;
-      }
-    }
-    const float iscale = -127.0f / max;
-    const __m256 vs = _mm256_set1_ps(iscale);
-    const __m256i cap = _mm256_set1_epi32(127);
-    for (int k = 0; k < kQK_K / 16; ++k) {
-      // Round to nearest even (the MXCSR default), as ggml's nearest_int.
-      const __m256i v0 = _mm256_min_epi32(
-          _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 16 * k), vs)), cap);
-      const __m256i v1 = _mm256_min_epi32(
-          _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 16 * k + 8), vs)), cap);
-      Store8(v0, q + 16 * k);
-      Store8(v1, q + 16 * k + 8);
-      bs[k] = static_cast<int16_t>(HsumI32(_mm256_add_epi32(v0, v1)));
-    }
-    d[b] = 1.0f / iscale;
-    for (int k = 0; k < kQK_K / 32; ++k) {
-      dsums[b * (kQK_K / 32) + k] = d[b] * static_cast<float>(bs[2 * k] + bs[2 * k + 1]);
-    }
-  }
-}
-
 }  // namespace
 
-const KernelSet* Avx2Kernels() {
-  static const KernelSet kSet = {
-      "avx2",
+const QuantKernels* Avx2QuantKernels() {
+  static const QuantKernels kKernels = {
       2,
-      QuantizeQ8_0,
-      QuantizeQ8_K,
-      RunGemm<FloatKernel<LoadF32>>,
-      RunGemm<FloatKernel<LoadF16>>,
-      RunGemm<FloatKernel<LoadBF16>>,
       RunGemm<Q8Kernel<Q8_0Weights>>,
       RunGemm<Q8Kernel<Q4_0Weights>>,
       RunGemm<Q4KKernel>,
       RunGemm<Q6KKernel>,
   };
-  return &kSet;
+  return &kKernels;
 }
 
 }  // namespace sinkserve::engine::matmul_internal
@@ -448,7 +280,7 @@ const KernelSet* Avx2Kernels() {
 #else  // !SINKSERVE_AVX2_KERNELS
 
 namespace sinkserve::engine::matmul_internal {
-const KernelSet* Avx2Kernels() { return nullptr; }
+const QuantKernels* Avx2QuantKernels() { return nullptr; }
 }  // namespace sinkserve::engine::matmul_internal
 
 #endif  // SINKSERVE_AVX2_KERNELS

@@ -1,11 +1,12 @@
-// AVX-512 kernels for Q4_K and Q6_K weights (see matmul_avx512.cc for the
-// rest). Their sub-block scales fit a 16-bit multiply, so the dot products
-// are vpmaddubsw (u8 quants x s8 activations -> s16 pairs) and vpdpwssd
-// (x scale, summed into s32).
+// AVX-512 kernels for Q4_K and Q6_K weights (Q8_0 / Q4_0 are in
+// matmul_avx512_q8.cc). Their sub-block scales fit a 16-bit multiply, so the
+// dot products are vpmaddubsw (u8 quants x s8 activations -> s16 pairs) and
+// vpdpwssd (x scale, summed into s32).
 //
-// No Highway version: Highway 1.0.3 (Debian bookworm) has no int8 dot
-// product, and these kernels live on VNNI dot products (BENCHMARKS.md "One SIMD
-// story"); the AVX2 fallbacks in matmul_avx2.cc use maddubs/madd.
+// Intrinsics, not Highway: Highway 1.0.3 (Debian bookworm) has neither
+// vpmaddubsw nor vpdpwssd; its int8 route (widen to int16, then vpmaddwd)
+// measured 5.5x slower than VNNI on Q8_0 prefill (BENCHMARKS.md "One SIMD
+// story").
 //
 // All includes come before the target pragma so that inline functions of
 // other headers keep their baseline code (see matmul_internal.h).
@@ -36,10 +37,10 @@
 #pragma GCC target("avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
 #endif
 
-#include "engine/cpu/matmul_kernels-inl.h"
-
 namespace sinkserve::engine::matmul_internal {
 namespace {
+
+#include "engine/cpu/matmul_kernels-inl.h"
 
 inline float F16(uint16_t h) { return _cvtsh_ss(h); }
 

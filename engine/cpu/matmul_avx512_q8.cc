@@ -1,9 +1,11 @@
-// AVX-512 + VNNI kernels for Q8_0 and Q4_0 weights (see matmul_avx512.cc
-// for the rest): vpdpbusd (u8 x s8 -> s32) on whole 32-blocks.
+// AVX-512 + VNNI kernels for Q8_0 and Q4_0 weights (the k-quants are in
+// matmul_avx512_k.cc): vpdpbusd (u8 x s8 -> s32) on whole 32-blocks.
 //
-// No Highway version: Highway 1.0.3 (Debian bookworm) has no int8 dot
-// product, and these kernels live on VNNI dot products (BENCHMARKS.md "One SIMD
-// story"); the AVX2 fallbacks in matmul_avx2.cc use maddubs/madd.
+// Intrinsics, not Highway: Highway 1.0.3 (Debian bookworm) has no int8 dot
+// product. Its int8 route, the same 4 x 4 tiles with the quants widened to
+// int16 for vpmaddwd (ReorderWidenMulAccumulate), measured Q8_0 prefill-512
+// 367 / 374 ms against 65 / 69 ms for these kernels, decode equal
+// (memory-bound); BENCHMARKS.md "One SIMD story".
 //
 // All includes come before the target pragma so that inline functions of
 // other headers keep their baseline code (see matmul_internal.h).
@@ -35,10 +37,10 @@
 #pragma GCC target("avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
 #endif
 
-#include "engine/cpu/matmul_kernels-inl.h"
-
 namespace sinkserve::engine::matmul_internal {
 namespace {
+
+#include "engine/cpu/matmul_kernels-inl.h"
 
 inline float F16(uint16_t h) { return _cvtsh_ss(h); }
 

@@ -1,6 +1,7 @@
-// Internals of MatMul shared by matmul.cc and the per-instruction-set kernel
-// files (matmul_scalar.cc, matmul_avx2.cc, matmul_avx512.cc). Not for use
-// outside the matmul implementation and its tests.
+// Internals of MatMul shared by matmul.cc and the kernel files
+// (matmul_scalar.cc, matmul_float.cc in Highway, matmul_avx2.cc and
+// matmul_avx512*.cc in intrinsics). Not for use outside the matmul
+// implementation and its tests.
 //
 // The kernel files are compiled with `#pragma GCC target`, so this header
 // must stay free of inline function definitions: an inline function compiled
@@ -45,6 +46,9 @@ using QuantizeQ8_KFn = void (*)(const float* x, int64_t cols, int8_t* qs, float*
 using GemmFn = void (*)(const WeightMatrix& w, const Activations& a, int64_t r0, int64_t r1,
                         int64_t t0, int64_t t1, float* y, int64_t ldy);
 
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// What MatMul runs for each weight type, on one instruction set.
 struct KernelSet {
   const char* name;
   // Tokens per micro-kernel tile: batches up to this size stream W once.
@@ -60,14 +64,37 @@ struct KernelSet {
   GemmFn q6_k;
 };
 
-// Kernel sets by instruction set. The AVX ones return nullptr when the
-// compiler could not build them; whether the CPU runs them is for the caller.
+// The portable reference set (matmul_scalar.cc), complete on every CPU.
 const KernelSet* ScalarKernels();
-const KernelSet* Avx2Kernels();    // AVX2 + FMA + F16C
-const KernelSet* Avx512Kernels();  // AVX-512 F/BW/VL/DQ + VNNI
+
+// The float-weight products and the activation quantizers, written once in
+// Highway (matmul_float.cc) and compiled per target: nullptr for an ISA the
+// build has no Highway target for. Only call for an ISA the CPU runs.
+struct FloatKernels {
+  QuantizeQ8_0Fn quantize_q8_0;
+  QuantizeQ8_KFn quantize_q8_k;
+  GemmFn f32;
+  GemmFn f16;
+  GemmFn bf16;
+};
+const FloatKernels* HwyFloatKernels(Isa isa);
+
+// The quantized-weight products in intrinsics, whose int8 dot products
+// (vpmaddubsw + vpmaddwd on AVX2, VNNI vpdpbusd on AVX-512) Highway 1.0.3
+// cannot express; nullptr when the compiler could not build them.
+struct QuantKernels {
+  // Tokens per micro-kernel tile of these kernels.
+  int64_t tile_tokens;
+  GemmFn q8_0;
+  GemmFn q4_0;
+  GemmFn q4_k;
+  GemmFn q6_k;
+};
+const QuantKernels* Avx2QuantKernels();    // AVX2 + FMA + F16C (matmul_avx2.cc)
+const QuantKernels* Avx512QuantKernels();  // AVX-512 F/BW/VL/DQ + VNNI (matmul_avx512.cc)
 
 // The AVX-512 products of the quantized types (matmul_avx512_q8.cc,
-// matmul_avx512_k.cc), entries of Avx512Kernels(); x86-64 builds only.
+// matmul_avx512_k.cc); x86-64 builds only.
 void GemmQ8_0Avx512(const WeightMatrix& w, const Activations& a, int64_t r0, int64_t r1,
                     int64_t t0, int64_t t1, float* y, int64_t ldy);
 void GemmQ4_0Avx512(const WeightMatrix& w, const Activations& a, int64_t r0, int64_t r1,
@@ -76,8 +103,6 @@ void GemmQ4_KAvx512(const WeightMatrix& w, const Activations& a, int64_t r0, int
                     int64_t t0, int64_t t1, float* y, int64_t ldy);
 void GemmQ6_KAvx512(const WeightMatrix& w, const Activations& a, int64_t r0, int64_t r1,
                     int64_t t0, int64_t t1, float* y, int64_t ldy);
-
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
 // The kernel set MatMul uses: the best one the CPU supports, unless a test
 // has forced another with SetIsaForTest.

@@ -1,9 +1,11 @@
 // Loop nest shared by the per-instruction-set matmul kernels.
 //
-// Included by matmul_{scalar,avx2,avx512,avx512_q8,avx512_k}.cc AFTER their
-// `#pragma GCC target`, so everything here is compiled once per instruction set; it all
-// lives in an anonymous namespace so those copies never meet at link time.
-// No include guard on purpose (one inclusion per file).
+// Included by matmul_{scalar,float,avx2,avx512_q8,avx512_k}.cc AFTER their
+// `#pragma GCC target` (or HWY_BEFORE_NAMESPACE), INSIDE a namespace of
+// their own that is anonymous (or, in matmul_float.cc, per Highway target
+// and anonymous), so everything here is compiled once per instruction set and
+// those copies never meet at link time. Hence no namespace here, and no
+// include guard: matmul_float.cc includes it once per target.
 //
 // A kernel class K provides
 //   static constexpr int kRows;    // rows per micro-kernel tile
@@ -25,10 +27,9 @@
 // Fully unrolls a loop over tile rows / tokens, so that per-row and
 // per-token vectors stay in registers (GCC otherwise keeps such arrays on
 // the stack, putting a store and reload in every accumulator chain).
+#ifndef SINKSERVE_UNROLL
 #define SINKSERVE_UNROLL _Pragma("GCC unroll 16")
-
-namespace sinkserve::engine::matmul_internal {
-namespace {
+#endif
 
 // Bytes of W kept hot while a block of rows meets every token tile: about
 // half of a small (256 KiB) L2, so the activations fit beside it.
@@ -137,6 +138,3 @@ inline void UnpackQ4KScales(const uint8_t* packed, uint8_t out[16]) {
   u[0] &= kMask1;
   __builtin_memcpy(out, u, 16);
 }
-
-}  // namespace
-}  // namespace sinkserve::engine::matmul_internal

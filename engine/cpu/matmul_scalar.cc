@@ -8,10 +8,10 @@
 #include "engine/gguf/quant_blocks.h"
 #include "engine/gguf/quant_ref.h"
 
-#include "engine/cpu/matmul_kernels-inl.h"
-
 namespace sinkserve::engine::matmul_internal {
 namespace {
+
+#include "engine/cpu/matmul_kernels-inl.h"
 
 // Each kernel's Dot(w, a, row, token) is one output; Tile loops over pairs.
 template <class Dot>

@@ -9,24 +9,15 @@
 // 386 / 412 ms against 347 / 367 ms here (11% slower), decode equal;
 // BENCHMARKS.md "One SIMD story".
 //
-// All includes come before the target pragma (see matmul_internal.h).
+// Every other include comes before x86_target_begin-inl.h (see there).
 #include <cstdint>
 
 #include "engine/cpu/matmul_internal.h"
 #include "engine/gguf/quant_blocks.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define SINKSERVE_AVX2_KERNELS 1
-#endif
-
-#if SINKSERVE_AVX2_KERNELS
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,bmi2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,bmi2")
-#endif
+#define SINKSERVE_X86_TARGET SINKSERVE_X86_AVX2
+#include "engine/cpu/x86_target_begin-inl.h"
+#if SINKSERVE_X86_KERNELS
 
 namespace sinkserve::engine::matmul_internal {
 namespace {
@@ -271,16 +262,11 @@ const QuantKernels* Avx2QuantKernels() {
 
 }  // namespace sinkserve::engine::matmul_internal
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-
-#else  // !SINKSERVE_AVX2_KERNELS
+#else  // !SINKSERVE_X86_KERNELS
 
 namespace sinkserve::engine::matmul_internal {
 const QuantKernels* Avx2QuantKernels() { return nullptr; }
 }  // namespace sinkserve::engine::matmul_internal
 
-#endif  // SINKSERVE_AVX2_KERNELS
+#endif  // SINKSERVE_X86_KERNELS
+#include "engine/cpu/x86_target_end-inl.h"

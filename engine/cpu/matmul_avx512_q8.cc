@@ -7,8 +7,7 @@
 // 367 / 374 ms against 65 / 69 ms for these kernels, decode equal
 // (memory-bound); BENCHMARKS.md "One SIMD story".
 //
-// All includes come before the target pragma so that inline functions of
-// other headers keep their baseline code (see matmul_internal.h).
+// Every other include comes before x86_target_begin-inl.h (see there).
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -16,26 +15,9 @@
 #include "engine/cpu/matmul_internal.h"
 #include "engine/gguf/quant_blocks.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#if defined(__GNUC__) && !defined(__clang__)
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which its
-// own -Wuninitialized flags (GCC bug 105593); the warning must be off where
-// the intrinsics headers are read.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#define SINKSERVE_AVX512_KERNELS 1
-#endif
-
-#if SINKSERVE_AVX512_KERNELS
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target( \
-    "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-#endif
+#define SINKSERVE_X86_TARGET SINKSERVE_X86_AVX512
+#include "engine/cpu/x86_target_begin-inl.h"
+#if SINKSERVE_X86_KERNELS
 
 namespace sinkserve::engine::matmul_internal {
 namespace {
@@ -285,10 +267,5 @@ void GemmQ4_0Avx512(const WeightMatrix& w, const Activations& a, int64_t r0, int
 
 }  // namespace sinkserve::engine::matmul_internal
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-
-#endif  // SINKSERVE_AVX512_KERNELS
+#endif  // SINKSERVE_X86_KERNELS
+#include "engine/cpu/x86_target_end-inl.h"

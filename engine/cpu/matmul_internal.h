@@ -13,6 +13,12 @@
 
 #include "engine/cpu/matmul.h"
 
+// What the intrinsics kernel files are compiled for (through
+// x86_target_begin-inl.h); CpuRuns in matmul.cc checks the same features
+// before it calls them.
+#define SINKSERVE_X86_AVX2 "avx2,fma,f16c,bmi2"
+#define SINKSERVE_X86_AVX512 "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"
+
 namespace sinkserve::engine::matmul_internal {
 
 // Activations of `n` tokens in the form a weight type's kernels consume.

@@ -26,11 +26,13 @@ StepPlan::StepPlan(const engine::ModelConfig& c, DType kv_type, bool allow_flash
       n_heads_(c.n_heads),
       n_kv_heads_(c.n_kv_heads),
       head_dim_(c.head_dim),
-      vocab_(c.vocab_size),
-      flash_prefill_(allow_flash && FlashPrefillAttentionSupported(
-          AttentionShape{static_cast<int>(c.n_heads), static_cast<int>(c.n_kv_heads),
-                         static_cast<int>(c.head_dim), static_cast<int>(c.n_layers), 0, 1.f},
-          kv_type)) {}
+      checker_(c.vocab_size, engine::kMaxRopePosition),
+      flash_prefill_(
+          allow_flash &&
+          FlashPrefillAttentionSupported(
+              AttentionShape{static_cast<int>(c.n_heads), static_cast<int>(c.n_kv_heads),
+                             static_cast<int>(c.head_dim), static_cast<int>(c.n_layers), 0, 1.f},
+              kv_type)) {}
 
 absl::Status StepPlan::Validate(absl::Span<const SequenceStep> batch, const DeviceContext* ctx,
                                 engine::KvDtype kv_dtype) {
@@ -46,70 +48,8 @@ absl::Status StepPlan::Validate(absl::Span<const SequenceStep> batch, const Devi
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", s, ": KV storage made for another model or dtype"));
     }
-    for (size_t t = 0; t < s; ++t) {
-      if (kvs_[t] == kv) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("sequences ", t, " and ", s, " share one KV storage"));
-      }
-    }
     kvs_[s] = kv;
-    if (step.context_slots.size() != step.context_positions.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", s, ": ", step.context_slots.size(), " context slots but ",
-                       step.context_positions.size(), " positions"));
-    }
-    if (step.token_slots.size() != step.tokens.size() ||
-        step.token_positions.size() != step.tokens.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequence ", s, ": ", step.tokens.size(), " tokens, ", step.token_slots.size(),
-          " slots, ", step.token_positions.size(), " positions"));
-    }
-    for (int32_t id : step.tokens) {
-      if (id < 0 || id >= vocab_) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("sequence ", s, ": token ", id, " outside vocab of ", vocab_));
-      }
-    }
-    for (auto positions : {step.context_positions, step.token_positions}) {
-      for (int32_t p : positions) {
-        if (p < 0 || p >= engine::kMaxRopePosition) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "sequence ", s, ": position ", p, " outside [0, ", engine::kMaxRopePosition,
-              ")"));
-        }
-      }
-    }
-    // A slot written by a new token must be neither read as context nor
-    // written twice, or attention would read the wrong rows.
-    const int capacity = kv->capacity();
-    if (static_cast<int>(slot_mark_.size()) < capacity) slot_mark_.resize(capacity, 0);
-    if (++stamp_ == 0) {
-      std::fill(slot_mark_.begin(), slot_mark_.end(), 0);
-      stamp_ = 1;
-    }
-    for (int32_t slot : step.token_slots) {
-      if (slot < 0 || slot >= capacity) {
-        return absl::OutOfRangeError(absl::StrCat("sequence ", s, ": token slot ", slot,
-                                                  " outside KV storage of capacity ",
-                                                  capacity));
-      }
-      if (slot_mark_[slot] == stamp_) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sequence ", s, ": token slot ", slot, " appears twice in one step"));
-      }
-      slot_mark_[slot] = stamp_;
-    }
-    for (int32_t slot : step.context_slots) {
-      if (slot < 0 || slot >= capacity) {
-        return absl::OutOfRangeError(absl::StrCat("sequence ", s, ": context slot ", slot,
-                                                  " outside KV storage of capacity ",
-                                                  capacity));
-      }
-      if (slot_mark_[slot] == stamp_) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sequence ", s, ": context slot ", slot, " is also a new token's slot"));
-      }
-    }
+    SINKSERVE_RETURN_IF_ERROR(checker_.Check(batch, s, kv->capacity()));
   }
   return absl::OkStatus();
 }

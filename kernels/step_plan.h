@@ -11,6 +11,7 @@
 #include "absl/types/span.h"
 #include "engine/backend.h"
 #include "engine/gguf/model_config.h"
+#include "engine/step_checker.h"
 #include "kernels/cuda_kv_storage.h"
 #include "kernels/device_buffer.h"
 #include "kernels/device_context.h"
@@ -73,11 +74,10 @@ class StepPlan {
  private:
   const int32_t* Device(size_t offset) const { return ints_.as<int32_t>() + offset; }
 
-  int64_t n_layers_, kv_dim_, n_heads_, n_kv_heads_, head_dim_, vocab_;
+  int64_t n_layers_, kv_dim_, n_heads_, n_kv_heads_, head_dim_;
+  engine::StepChecker checker_;
   bool flash_prefill_;  // the tensor-core prefill kernel handles this model and KV type
-  std::vector<CudaKvStorage*> kvs_;   // (n_seqs)
-  std::vector<uint32_t> slot_mark_;   // (max capacity) step stamp per slot
-  uint32_t stamp_ = 0;
+  std::vector<CudaKvStorage*> kvs_;  // (n_seqs)
 
   int n_rows_ = 0, n_out_ = 0, n_decode_ = 0, n_splits_ = 1, max_decode_keys_ = 0;
   int n_tiles_ = 0;

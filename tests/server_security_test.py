@@ -252,6 +252,8 @@ class AuthTest(SecurityTestBase):
     def test_every_rpc_refuses_missing_or_bad_credentials(self):
         alpha = self.stub("alpha-app")
         alpha.CreateSession(pb.CreateSessionRequest(session_id="guarded", config=config()))
+        unauthenticated = 'sinkserve_errors_total{code="UNAUTHENTICATED"}'
+        before = metrics(self.server.metrics_port)
         for name, metadata in (("no token", ()),
                                ("unknown key", (("authorization", "Bearer sk_not_a_key"),)),
                                ("a key's hash", (("authorization", "Bearer " + "ab" * 32),)),
@@ -279,8 +281,10 @@ class AuthTest(SecurityTestBase):
         self.assertGreaterEqual(len(failures), 25)
         self.assertTrue(all("peer" in r and r["result"] == "UNAUTHENTICATED" for r in failures))
         self.assertFalse(any(self.keys["ops"] in json.dumps(r) for r in self.audit_records()))
-        self.assertGreaterEqual(
-            metrics(self.server.metrics_port)["sinkserve_auth_failures_total"], 25)
+        after = metrics(self.server.metrics_port)
+        # Each refused call counts once, as an auth failure and as an error.
+        for counter in ("sinkserve_auth_failures_total", unauthenticated):
+            self.assertEqual(after.get(counter, 0) - before.get(counter, 0), 25, counter)
         # Health needs no token.
         self.assertEqual(health(self.server.channel), SERVING)
 

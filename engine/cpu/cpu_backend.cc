@@ -12,6 +12,7 @@
 #include "engine/cpu/matmul.h"
 #include "engine/cpu/thread_pool.h"
 #include "engine/cpu/vec_ops.h"
+#include "engine/step_checker.h"
 #include "memory/status_macros.h"
 
 namespace sinkserve::engine {
@@ -78,7 +79,8 @@ class CpuBackend : public Backend {
         q_dim_(config_.n_heads * config_.head_dim),
         kv_dim_(config_.n_kv_heads * config_.head_dim),
         pool_(threads),
-        attention_(config_) {}
+        attention_(config_),
+        checker_(config_.vocab_size, kMaxRopePosition) {}
 
   std::string_view name() const override { return "cpu"; }
   const ModelConfig& config() const override { return config_; }
@@ -93,7 +95,6 @@ class CpuBackend : public Backend {
 
  private:
   absl::Status Validate(absl::Span<const SequenceStep> batch);
-  absl::Status ValidateSlots(const SequenceStep& step, int capacity);
   void Layer(int64_t layer, int64_t n_rows);
   void Logits(absl::Span<const SequenceStep> batch, StepResult* result);
 
@@ -104,12 +105,11 @@ class CpuBackend : public Backend {
   const int64_t kv_dim_;
   ThreadPool pool_;
   Attention attention_;
+  StepChecker checker_;
 
   // Per-step state, reused across steps.
   std::vector<CpuKvStorage*> kvs_;               // (n_sequences)
   std::vector<AttentionSequence> sequences_;     // (n_sequences)
-  std::vector<uint32_t> slot_mark_;              // (max capacity) step stamp per slot
-  uint32_t stamp_ = 0;
   std::vector<float> x_;       // (n_rows, dim) residual stream
   std::vector<float> xb_;      // (n_rows, dim) normed input / block output
   std::vector<float> q_;       // (n_rows, q_dim)
@@ -121,42 +121,6 @@ class CpuBackend : public Backend {
   std::vector<float> out_x_;   // (n_out, dim) final-normed rows that need logits
   std::vector<float> logits_;  // (n_out, vocab)
 };
-
-absl::Status CpuBackend::ValidateSlots(const SequenceStep& step, int capacity) {
-  // A slot written by a new token must be neither read as context nor written
-  // twice, or attention would silently read the wrong rows.
-  if (static_cast<int64_t>(slot_mark_.size()) < capacity) slot_mark_.resize(capacity, 0);
-  if (++stamp_ == 0) {  // wrapped: old stamps could collide
-    std::fill(slot_mark_.begin(), slot_mark_.end(), 0);
-    stamp_ = 1;
-  }
-  auto check = [&](int32_t slot, const char* what) -> absl::Status {
-    if (slot < 0 || slot >= capacity) {
-      return absl::OutOfRangeError(absl::StrCat(what, " slot ", slot,
-                                                " outside KV storage of capacity ", capacity));
-    }
-    if (slot_mark_[slot] == stamp_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " slot ", slot, " appears twice in one step"));
-    }
-    slot_mark_[slot] = stamp_;
-    return absl::OkStatus();
-  };
-  for (int32_t slot : step.token_slots) SINKSERVE_RETURN_IF_ERROR(check(slot, "token"));
-  // Only token slots are marked: a context slot given twice is harmless (two
-  // cells reading one row), one shared with a new token is not.
-  for (int32_t slot : step.context_slots) {
-    if (slot < 0 || slot >= capacity) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "context slot ", slot, " outside KV storage of capacity ", capacity));
-    }
-    if (slot_mark_[slot] == stamp_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("context slot ", slot, " is also a new token's slot"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 absl::Status CpuBackend::Validate(absl::Span<const SequenceStep> batch) {
   kvs_.resize(batch.size());
@@ -171,42 +135,8 @@ absl::Status CpuBackend::Validate(absl::Span<const SequenceStep> batch) {
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", s, ": KV storage made for another model"));
     }
-    for (size_t t = 0; t < s; ++t) {
-      if (kvs_[t] == kv) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sequences ", t, " and ", s, " share one KV storage"));
-      }
-    }
     kvs_[s] = kv;
-    if (step.context_slots.size() != step.context_positions.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", s, ": ", step.context_slots.size(), " context slots but ",
-                       step.context_positions.size(), " positions"));
-    }
-    if (step.token_slots.size() != step.tokens.size() ||
-        step.token_positions.size() != step.tokens.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequence ", s, ": ", step.tokens.size(), " tokens, ", step.token_slots.size(),
-          " slots, ", step.token_positions.size(), " positions"));
-    }
-    for (int32_t id : step.tokens) {
-      if (id < 0 || id >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sequence ", s, ": token ", id, " outside vocab of ", config_.vocab_size));
-      }
-    }
-    for (auto positions : {step.context_positions, step.token_positions}) {
-      for (int32_t p : positions) {
-        if (p < 0 || p >= kMaxRopePosition) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "sequence ", s, ": position ", p, " outside [0, ", kMaxRopePosition, ")"));
-        }
-      }
-    }
-    absl::Status slots = ValidateSlots(step, kv->capacity());
-    if (!slots.ok()) {
-      return absl::Status(slots.code(), absl::StrCat("sequence ", s, ": ", slots.message()));
-    }
+    SINKSERVE_RETURN_IF_ERROR(checker_.Check(batch, s, kv->capacity()));
   }
   return absl::OkStatus();
 }

@@ -195,37 +195,49 @@ void SinkServeService::RunOwned(grpc::ServerUnaryReactor* reactor, const std::st
   });
 }
 
+std::optional<SinkServeService::SessionTarget> SinkServeService::Admit(
+    grpc::CallbackServerContext* context, grpc::ServerUnaryReactor* reactor, const char* rpc,
+    const std::string& session_id, const std::string& tenant, bool allow_draining) {
+  std::optional<security::Caller> caller = Authenticate(context, rpc);
+  if (!caller.has_value()) {
+    reactor->Finish(Unauthenticated());  // Authenticate counted it
+    return std::nullopt;
+  }
+  if (RefuseUnlessServing(reactor, allow_draining)) return std::nullopt;
+  if (RefuseMisrouted(context, reactor, session_id)) return std::nullopt;
+  if (absl::Status s = security::ValidateClientSessionId(session_id); !s.ok()) {
+    Refuse(reactor, ToGrpcStatus(s));
+    return std::nullopt;
+  }
+  std::optional<std::string> owner = TargetTenant(*caller, tenant);
+  if (!owner.has_value()) {
+    Refuse(reactor, ToGrpcStatus(NoSessionError(session_id)));
+    return std::nullopt;
+  }
+  std::string scoped = security::ScopedId(*owner, session_id);
+  return SessionTarget{*std::move(caller), session_id, *std::move(owner), std::move(scoped)};
+}
+
 grpc::ServerUnaryReactor* SinkServeService::CreateSession(grpc::CallbackServerContext* context,
                                                           const v1::CreateSessionRequest* request,
                                                           v1::SessionInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::optional<security::Caller> caller = Authenticate(context, "CreateSession");
-  if (!caller.has_value()) return Refuse(reactor, Unauthenticated());
-  if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
-  if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
-  if (absl::Status s = security::ValidateClientSessionId(request->session_id()); !s.ok()) {
-    return Refuse(reactor, ToGrpcStatus(s));
-  }
-  const std::string plain = request->session_id();
-  const std::string scoped = security::ScopedId(caller->tenant, plain);
-  RunOwned(reactor, scoped,
-           [this, context, request, response, caller = *caller, plain, scoped]() -> absl::Status {
+  std::optional<SessionTarget> target = Admit(context, reactor, "CreateSession",
+                                              request->session_id(), "", /*allow_draining=*/false);
+  if (!target.has_value()) return reactor;
+  RunOwned(reactor, target->scoped,
+           [this, context, request, response, target = *target]() -> absl::Status {
              // The session manager checks the resolved config before storing it
              // (SessionManagerOptions::check_new_session).
              absl::StatusOr<v1::SessionInfo> info =
-                 core_.sessions->CreateDetached(scoped, request->config());
-             absl::Status status = security::Unscoped(info.status(), scoped, plain);
-             security::AuditEvent event;
-             event.action = "session.create";
-             event.tenant = caller.tenant;
-             event.credential = caller.credential;
-             event.session = plain;
-             event.result = StatusCodeName(status.code());
-             Audit(context, std::move(event));
+                 core_.sessions->CreateDetached(target.scoped, request->config());
+             absl::Status status = security::Unscoped(info.status(), target.scoped, target.plain);
+             AuditSession(context, target.caller, "session.create", target.tenant, target.plain,
+                          status);
              if (!status.ok()) return status;
              *response = *std::move(info);
-             response->set_session_id(plain);
-             response->set_tenant(caller.tenant);
+             response->set_session_id(target.plain);
+             response->set_tenant(target.tenant);
              return absl::OkStatus();
            });
   return reactor;
@@ -235,24 +247,20 @@ grpc::ServerUnaryReactor* SinkServeService::GetSession(grpc::CallbackServerConte
                                                        const v1::GetSessionRequest* request,
                                                        v1::SessionInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::optional<security::Caller> caller = Authenticate(context, "GetSession");
-  if (!caller.has_value()) return Refuse(reactor, Unauthenticated());
-  if (RefuseUnlessServing(reactor, /*allow_draining=*/true)) return reactor;
-  if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
-  if (absl::Status s = security::ValidateClientSessionId(request->session_id()); !s.ok()) {
-    return Refuse(reactor, ToGrpcStatus(s));
+  std::optional<SessionTarget> target =
+      Admit(context, reactor, "GetSession", request->session_id(), request->tenant(),
+            /*allow_draining=*/true);
+  if (!target.has_value()) return reactor;
+  if (target->tenant != target->caller.tenant) {
+    AuditSession(context, target->caller, "admin.get", target->tenant, target->plain,
+                 absl::OkStatus());
   }
-  const std::string plain = request->session_id();
-  std::optional<std::string> tenant = TargetTenant(*caller, request->tenant());
-  if (!tenant.has_value()) return Refuse(reactor, ToGrpcStatus(NoSessionError(plain)));
-  if (*tenant != caller->tenant) AuditAdmin(context, *caller, "admin.get", *tenant, plain);
-  const std::string scoped = security::ScopedId(*tenant, plain);
-  RunUnary(reactor, [this, response, plain, scoped, tenant = *tenant]() -> absl::Status {
-    absl::StatusOr<v1::SessionInfo> info = core_.sessions->Info(scoped);
-    if (!info.ok()) return security::Unscoped(info.status(), scoped, plain);
+  RunUnary(reactor, [this, response, target = *std::move(target)]() -> absl::Status {
+    absl::StatusOr<v1::SessionInfo> info = core_.sessions->Info(target.scoped);
+    if (!info.ok()) return security::Unscoped(info.status(), target.scoped, target.plain);
     *response = *std::move(info);
-    response->set_session_id(plain);
-    response->set_tenant(tenant);
+    response->set_session_id(target.plain);
+    response->set_tenant(target.tenant);
     return absl::OkStatus();
   });
   return reactor;
@@ -263,7 +271,10 @@ grpc::ServerUnaryReactor* SinkServeService::ListSessions(grpc::CallbackServerCon
                                                          v1::ListSessionsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::optional<security::Caller> caller = Authenticate(context, "ListSessions");
-  if (!caller.has_value()) return Refuse(reactor, Unauthenticated());
+  if (!caller.has_value()) {
+    reactor->Finish(Unauthenticated());  // Authenticate counted it
+    return reactor;
+  }
   if (RefuseUnlessServing(reactor, /*allow_draining=*/true)) return reactor;
   std::optional<std::string> tenant = TargetTenant(*caller, request->tenant());
   if (!tenant.has_value() || (request->all_tenants() && caller->role != security::Role::kAdmin)) {
@@ -277,7 +288,8 @@ grpc::ServerUnaryReactor* SinkServeService::ListSessions(grpc::CallbackServerCon
     }
   }
   if (request->all_tenants() || *tenant != caller->tenant) {
-    AuditAdmin(context, *caller, "admin.list", request->all_tenants() ? "*" : *tenant, "");
+    AuditSession(context, *caller, "admin.list", request->all_tenants() ? "*" : *tenant, "",
+                 absl::OkStatus());
   }
   RunUnary(reactor, [this, request, response, tenant = *tenant]() -> absl::Status {
     StoreListFn list = [this](const v1::ListSessionsRequest& r) { return core_.sessions->List(r); };
@@ -295,32 +307,18 @@ grpc::ServerUnaryReactor* SinkServeService::DeleteSession(grpc::CallbackServerCo
                                                           const v1::DeleteSessionRequest* request,
                                                           v1::DeleteSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::optional<security::Caller> caller = Authenticate(context, "DeleteSession");
-  if (!caller.has_value()) return Refuse(reactor, Unauthenticated());
-  if (RefuseUnlessServing(reactor, /*allow_draining=*/false)) return reactor;
-  if (RefuseMisrouted(context, reactor, request->session_id())) return reactor;
-  if (absl::Status s = security::ValidateClientSessionId(request->session_id()); !s.ok()) {
-    return Refuse(reactor, ToGrpcStatus(s));
-  }
-  const std::string plain = request->session_id();
-  std::optional<std::string> tenant = TargetTenant(*caller, request->tenant());
-  if (!tenant.has_value()) return Refuse(reactor, ToGrpcStatus(NoSessionError(plain)));
-  const std::string scoped = security::ScopedId(*tenant, plain);
-  RunOwned(reactor, scoped,
-           [this, context, caller = *caller, plain, scoped, tenant = *tenant]() -> absl::Status {
-             absl::Status status =
-                 security::Unscoped(core_.sessions->Delete(scoped), scoped, plain);
-             security::AuditEvent event;
-             event.action = tenant != caller.tenant ? "admin.delete" : "session.delete";
-             event.tenant = caller.tenant;
-             event.credential = caller.credential;
-             event.session = plain;
-             if (tenant != caller.tenant) event.owner = tenant;
-             event.result = StatusCodeName(status.code());
-             Audit(context, std::move(event));
-             if (tenant != caller.tenant && metrics_ != nullptr) metrics_->IncAdminActions();
-             return status;
-           });
+  std::optional<SessionTarget> target =
+      Admit(context, reactor, "DeleteSession", request->session_id(), request->tenant(),
+            /*allow_draining=*/false);
+  if (!target.has_value()) return reactor;
+  RunOwned(reactor, target->scoped, [this, context, target = *target]() -> absl::Status {
+    absl::Status status =
+        security::Unscoped(core_.sessions->Delete(target.scoped), target.scoped, target.plain);
+    const bool admin = target.tenant != target.caller.tenant;
+    AuditSession(context, target.caller, admin ? "admin.delete" : "session.delete",
+                 target.tenant, target.plain, status);
+    return status;
+  });
   return reactor;
 }
 
@@ -331,17 +329,19 @@ grpc::ServerUnaryReactor* SinkServeService::Refuse(grpc::ServerUnaryReactor* rea
   return reactor;
 }
 
-void SinkServeService::AuditAdmin(const grpc::ServerContextBase* context,
-                                  const security::Caller& caller, const char* action,
-                                  const std::string& owner, const std::string& session) const {
-  if (metrics_ != nullptr) metrics_->IncAdminActions();
+void SinkServeService::AuditSession(const grpc::ServerContextBase* context,
+                                    const security::Caller& caller, const char* action,
+                                    const std::string& owner, const std::string& session,
+                                    const absl::Status& status) const {
+  const bool admin = !owner.empty() && owner != caller.tenant;
+  if (admin && metrics_ != nullptr) metrics_->IncAdminActions();
   security::AuditEvent event;
   event.action = action;
   event.tenant = caller.tenant;
   event.credential = caller.credential;
-  event.owner = owner;
+  if (admin) event.owner = owner;
   event.session = session;
-  event.result = "OK";
+  event.result = StatusCodeName(status.code());
   Audit(context, std::move(event));
 }
 

@@ -122,12 +122,31 @@ class SinkServeService final : public SinkServeServiceBase {
   // name; another only for an admin (nullopt for anyone else).
   static std::optional<std::string> TargetTenant(const security::Caller& caller,
                                                  const std::string& requested);
+  // The session a Create/Get/Delete call addresses.
+  struct SessionTarget {
+    security::Caller caller;
+    std::string plain;   // the id as the client names it
+    std::string tenant;  // its owner: the caller's tenant, or another an admin named
+    std::string scoped;  // the store's key, security::ScopedId(tenant, plain)
+  };
+  // Admits a unary call on session `session_id` of `tenant` ("" = the
+  // caller's): authenticated, this server serving (or, with
+  // `allow_draining`, draining), routed by that id, the id valid, and the
+  // tenant one the caller may name (else NOT_FOUND, as for a session that
+  // does not exist). nullopt: `reactor` is finished, the refusal counted.
+  std::optional<SessionTarget> Admit(grpc::CallbackServerContext* context,
+                                     grpc::ServerUnaryReactor* reactor, const char* rpc,
+                                     const std::string& session_id, const std::string& tenant,
+                                     bool allow_draining);
   // Finishes `reactor` with `status` (counted) and returns it.
   grpc::ServerUnaryReactor* Refuse(grpc::ServerUnaryReactor* reactor,
                                    const grpc::Status& status) const;
-  // Counts and audits an admin's call on `owner`'s sessions ("*" = all).
-  void AuditAdmin(const grpc::ServerContextBase* context, const security::Caller& caller,
-                  const char* action, const std::string& owner, const std::string& session) const;
+  // Audits `action` by `caller` on session `session` of `owner` ("*" = all
+  // tenants, "" = the caller's own) with `status`; an action on another
+  // tenant's sessions is an admin's and counted as one.
+  void AuditSession(const grpc::ServerContextBase* context, const security::Caller& caller,
+                    const char* action, const std::string& owner, const std::string& session,
+                    const absl::Status& status) const;
   // Finishes `reactor` with UNAVAILABLE unless serving (or, with
   // `allow_draining`, draining); true when it did.
   bool RefuseUnlessServing(grpc::ServerUnaryReactor* reactor, bool allow_draining);

@@ -222,8 +222,8 @@ grpc::ServerUnaryReactor* SinkServeService::CreateSession(grpc::CallbackServerCo
                                                           const v1::CreateSessionRequest* request,
                                                           v1::SessionInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::optional<SessionTarget> target = Admit(context, reactor, "CreateSession",
-                                              request->session_id(), "", /*allow_draining=*/false);
+  std::optional<SessionTarget> target =
+      Admit(context, reactor, "CreateSession", request->session_id(), "", /*allow_draining=*/false);
   if (!target.has_value()) return reactor;
   RunOwned(reactor, target->scoped,
            [this, context, request, response, target = *target]() -> absl::Status {
@@ -315,8 +315,8 @@ grpc::ServerUnaryReactor* SinkServeService::DeleteSession(grpc::CallbackServerCo
     absl::Status status =
         security::Unscoped(core_.sessions->Delete(target.scoped), target.scoped, target.plain);
     const bool admin = target.tenant != target.caller.tenant;
-    AuditSession(context, target.caller, admin ? "admin.delete" : "session.delete",
-                 target.tenant, target.plain, status);
+    AuditSession(context, target.caller, admin ? "admin.delete" : "session.delete", target.tenant,
+                 target.plain, status);
     return status;
   });
   return reactor;

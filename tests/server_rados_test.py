@@ -9,7 +9,7 @@ alone would have.
 import os
 import unittest
 
-from server_security_test import Pki, new_key
+from security_testlib import Pki, new_key
 from server_testlib import CephServerTest, Server, Stream, have_ceph, metrics, reattach
 from server_testlib import turns_alone
 

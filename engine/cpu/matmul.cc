@@ -62,7 +62,9 @@ const KernelSet* KernelsFor(Isa isa) {
     case Isa::kScalar:
       break;
   }
-  return ScalarKernels();
+  static const KernelSet* const kScalarSet =
+      Compose(kIsaNames[0], HwyFloatKernels(Isa::kScalar), ScalarQuantKernels());
+  return kScalarSet;
 }
 
 // SINKSERVE_MATMUL_ISA=scalar|avx2|avx512 caps the choice (benchmarks, bug

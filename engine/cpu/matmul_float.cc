@@ -1,8 +1,8 @@
 // The float-weight matmul kernels (F32, F16, BF16) and the activation
 // quantizers (Q8_0, Q8_K), written once in Highway and compiled for every x86
-// target by foreach_target; MatMul takes the AVX2 and AVX-512 copies
-// (HwyFloatKernels). The quantized-weight products stay in intrinsics
-// (matmul_avx2.cc, matmul_avx512_*.cc): Highway 1.0.3 has no int8 dot product.
+// target by foreach_target; MatMul takes the AVX2 and AVX-512 copies and,
+// for its portable set, Highway's baseline (HwyFloatKernels). The quantized-weight products stay in
+// intrinsics (matmul_avx2.cc, matmul_avx512_*.cc): Highway 1.0.3 has no int8 dot product.
 //
 // This file is its own HWY_TARGET_INCLUDE: everything between
 // HWY_BEFORE_NAMESPACE and HWY_AFTER_NAMESPACE is compiled once per target.
@@ -302,6 +302,8 @@ const FloatKernels* HwyFloatKernels(Isa isa) {
     case Isa::kAvx512:
       return N_AVX3::Kernels();
 #endif
+    case Isa::kScalar:
+      return HWY_STATIC_DISPATCH(Kernels)();
     default:
       return nullptr;
   }

@@ -70,12 +70,11 @@ struct KernelSet {
   GemmFn q6_k;
 };
 
-// The portable reference set (matmul_scalar.cc), complete on every CPU.
-const KernelSet* ScalarKernels();
-
 // The float-weight products and the activation quantizers, written once in
-// Highway (matmul_float.cc) and compiled per target: nullptr for an ISA the
-// build has no Highway target for. Only call for an ISA the CPU runs.
+// Highway (matmul_float.cc) and compiled per target; kScalar gets Highway's
+// baseline target (HWY_SCALAR on a plain x86-64 build, NEON on arm64).
+// nullptr for an ISA the build has no Highway target for. Only call for an
+// ISA the CPU runs.
 struct FloatKernels {
   QuantizeQ8_0Fn quantize_q8_0;
   QuantizeQ8_KFn quantize_q8_k;
@@ -85,9 +84,10 @@ struct FloatKernels {
 };
 const FloatKernels* HwyFloatKernels(Isa isa);
 
-// The quantized-weight products in intrinsics, whose int8 dot products
-// (vpmaddubsw + vpmaddwd on AVX2, VNNI vpdpbusd on AVX-512) Highway 1.0.3
-// cannot express; nullptr when the compiler could not build them.
+// The quantized-weight products: portable C++ (matmul_scalar.cc, on every
+// CPU) and per ISA in intrinsics, whose int8 dot products (vpmaddubsw +
+// vpmaddwd on AVX2, VNNI vpdpbusd on AVX-512) Highway 1.0.3 cannot express;
+// nullptr when the compiler could not build them.
 struct QuantKernels {
   // Tokens per micro-kernel tile of these kernels.
   int64_t tile_tokens;
@@ -96,6 +96,7 @@ struct QuantKernels {
   GemmFn q4_k;
   GemmFn q6_k;
 };
+const QuantKernels* ScalarQuantKernels();
 const QuantKernels* Avx2QuantKernels();    // AVX2 + FMA + F16C (matmul_avx2.cc)
 const QuantKernels* Avx512QuantKernels();  // AVX-512 F/BW/VL/DQ + VNNI (matmul_avx512.cc)
 

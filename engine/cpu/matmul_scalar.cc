@@ -1,10 +1,11 @@
-// Portable matmul kernels: the fallback for CPUs without AVX2, and a plain
-// statement of what the SIMD kernels compute.
+// Portable products of the quantized types: the fallback for CPUs without
+// AVX2, and a plain statement of what the SIMD kernels compute. The float
+// types and the activation quantizers come from Highway's baseline target
+// (matmul_float.cc) here as on every ISA.
 #include <cstdint>
-#include <cstring>
 
-#include "engine/gguf/fp16.h"
 #include "engine/cpu/matmul_internal.h"
+#include "engine/gguf/fp16.h"
 #include "engine/gguf/quant_blocks.h"
 #include "engine/gguf/quant_ref.h"
 
@@ -26,45 +27,6 @@ struct PairKernel {
       const uint8_t* row = w.data + (r + i) * w.row_bytes;
       for (int j = 0; j < T; ++j) y[(t + j) * ldy + r + i] = Dot::Run(row, a, t + j);
     }
-  }
-};
-
-template <float (*ToFloat)(uint16_t)>
-float DotHalfRow(const uint16_t* w, const float* x, int64_t cols) {
-  float s[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= cols; i += 4) {
-    for (int k = 0; k < 4; ++k) s[k] += ToFloat(w[i + k]) * x[i + k];
-  }
-  for (; i < cols; ++i) s[0] += ToFloat(w[i]) * x[i];
-  return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-struct DotF32 {
-  static float Run(const uint8_t* row, const Activations& a, int64_t t) {
-    const float* w = reinterpret_cast<const float*>(row);
-    const float* x = a.f32 + t * a.cols;
-    float s[4] = {0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 4 <= a.cols; i += 4) {
-      for (int k = 0; k < 4; ++k) s[k] += w[i + k] * x[i + k];
-    }
-    for (; i < a.cols; ++i) s[0] += w[i] * x[i];
-    return (s[0] + s[1]) + (s[2] + s[3]);
-  }
-};
-
-struct DotF16 {
-  static float Run(const uint8_t* row, const Activations& a, int64_t t) {
-    return DotHalfRow<HalfToFloat>(reinterpret_cast<const uint16_t*>(row), a.f32 + t * a.cols,
-                                   a.cols);
-  }
-};
-
-struct DotBF16 {
-  static float Run(const uint8_t* row, const Activations& a, int64_t t) {
-    return DotHalfRow<Bf16ToFloat>(reinterpret_cast<const uint16_t*>(row), a.f32 + t * a.cols,
-                                   a.cols);
   }
 };
 
@@ -161,49 +123,14 @@ struct DotQ6_K {
   }
 };
 
-void QuantizeQ8_0(const float* x, int64_t cols, int8_t* qs, float* d, int32_t* neg_sums) {
-  for (int64_t b = 0; b < cols / kQK8_0; ++b) {
-    BlockQ8_0 block;
-    QuantizeRowQ8_0(x + b * kQK8_0, &block, kQK8_0);
-    std::memcpy(qs + b * kQK8_0, block.qs, kQK8_0);
-    d[b] = HalfToFloat(block.d);
-    int32_t sum = 0;
-    for (int j = 0; j < kQK8_0; ++j) sum += block.qs[j];
-    neg_sums[b] = -sum;
-  }
-}
-
-void QuantizeQ8_K(const float* x, int64_t cols, int8_t* qs, float* d, int16_t* bsums,
-                  float* dsums) {
-  for (int64_t b = 0; b < cols / kQK_K; ++b) {
-    BlockQ8_K block;
-    QuantizeRowQ8_K(x + b * kQK_K, &block, kQK_K);
-    std::memcpy(qs + b * kQK_K, block.qs, kQK_K);
-    d[b] = block.d;
-    std::memcpy(bsums + b * (kQK_K / 16), block.bsums, sizeof(block.bsums));
-    for (int j = 0; j < kQK_K / 32; ++j) {
-      dsums[b * (kQK_K / 32) + j] = block.d * (block.bsums[2 * j] + block.bsums[2 * j + 1]);
-    }
-  }
-}
-
 }  // namespace
 
-const KernelSet* ScalarKernels() {
-  static const KernelSet kSet = {
-      "scalar",
-      PairKernel<DotF32>::kTokens,
-      QuantizeQ8_0,
-      QuantizeQ8_K,
-      RunGemm<PairKernel<DotF32>>,
-      RunGemm<PairKernel<DotF16>>,
-      RunGemm<PairKernel<DotBF16>>,
-      RunGemm<PairKernel<DotQ8_0>>,
-      RunGemm<PairKernel<DotQ4_0>>,
-      RunGemm<PairKernel<DotQ4_K>>,
-      RunGemm<PairKernel<DotQ6_K>>,
+const QuantKernels* ScalarQuantKernels() {
+  static const QuantKernels kKernels = {
+      PairKernel<DotQ8_0>::kTokens, RunGemm<PairKernel<DotQ8_0>>, RunGemm<PairKernel<DotQ4_0>>,
+      RunGemm<PairKernel<DotQ4_K>>, RunGemm<PairKernel<DotQ6_K>>,
   };
-  return &kSet;
+  return &kKernels;
 }
 
 }  // namespace sinkserve::engine::matmul_internal

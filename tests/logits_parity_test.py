@@ -18,10 +18,16 @@ moves logits by 2-3e-2 of their max on these random models (measured: q8_0
 2.4e-2, q4_0 1.9e-2, q4_K 3.0e-2, q6_K 2.6e-2), so against the pure float
 reference only a loose bound holds. With the same activation rounding emulated
 the remaining differences are float32 accumulation order (measured 1e-7 to
-3e-7 for every quantized case), plus, possibly, a rare activation whose
-float32 value sits within rounding noise of a quantization tie and rounds the
-other way (one quant moves by one step: ~1e-4 of the logits here), which the
-issue's 1e-3 bound leaves room for.
+3e-7 for every quantized case), except at a position where an activation's
+scaled value sits within float32 noise of a rounding tie (act_quant.TIE_BAND):
+which side it lands on depends on the last bits of the activations, so two
+correct implementations may differ there by a quant step, which a middle
+layer amplifies to ~1e-2 of that position's logits (measured: qwen2 Q8_0,
+position 5, 9.2e-3, an exact tie in layer 1's attention output, seen with the
+AVX2 and portable kernels, not with AVX-512's). The reference marks such
+positions (and, for a tie in a key or value, those after it); the 1e-3 bound
+holds at the others, which must be at least two per model and half of all,
+and every position stays within ACT_QUANT_TOL of the pure reference.
 
 CTest sets SINKSERVE_BIN (the CMake build dir) and SINKSERVE_SHARED.
 """
@@ -72,6 +78,13 @@ def ref_model(path, act_quant=False):
     if key not in _ref_models:
         _ref_models[key] = llama_ref.Model(path, act_quant=act_quant)
     return _ref_models[key]
+
+
+def ref_tie_rows(model, tokens):
+    """(n_tokens,) bool: positions whose emulated activation quantization
+    sits on a rounding tie somewhere (llama_ref.Model.tie_rows)."""
+    model.forward_batch(tokens, model.new_cache())
+    return model.tie_rows.copy()
 
 
 def ref_logits(path, tokens, act_quant=False):
@@ -138,13 +151,19 @@ class LogitsParityTest(unittest.TestCase):
         line = f"  {os.path.basename(model)}: rel error {err:.2e} (limit {tol:.0e})"
         quantized = tol == ACT_QUANT_TOL
         if quantized:
-            emulated = rel_error(ours, ref_logits(model, tokens, act_quant=True))
+            emulating = ref_model(model, act_quant=True)
+            clean = ~ref_tie_rows(emulating, tokens)
+            emulated = rel_error(ours[clean],
+                                 emulating.forward_batch(tokens, emulating.new_cache())[clean])
             line += f"; vs emulated activation quantization {emulated:.2e} " \
-                    f"(limit {QUANT_TOL:.0e})"
+                    f"(limit {QUANT_TOL:.0e}) at {clean.sum()} of {len(tokens)} positions"
         print(line, file=sys.stderr)
         self.assertLess(err, tol)
         if quantized:
+            self.assertGreaterEqual(clean.sum(), 2)
             self.assertLess(emulated, QUANT_TOL)
+            self.clean_positions += int(clean.sum())
+            self.quantized_positions += len(tokens)
         return ours
 
     def test_stories260k(self):
@@ -153,10 +172,17 @@ class LogitsParityTest(unittest.TestCase):
         chunked = our_logits(STORIES, PROMPT, 512, extra=("--batch", "5"))
         self.assertLess(rel_error(chunked, ours), 1e-5)
 
+    def setUp(self):
+        self.clean_positions = self.quantized_positions = 0
+
     def test_synthetic(self):
         for name, (spec, tol) in CASES.items():
             with self.subTest(name):
                 self.check(Synthetic.path(name, **spec), tol)
+        # Off a rounding tie are most positions, or the tight check says little.
+        print(f"  quantized: 1e-3 checked at {self.clean_positions} of "
+              f"{self.quantized_positions} positions", file=sys.stderr)
+        self.assertGreaterEqual(2 * self.clean_positions, self.quantized_positions)
 
     def test_stories260k_greedy_200(self):
         ref = ref_model(STORIES).greedy([1], 200)

@@ -38,22 +38,28 @@ def _roundf(v: np.ndarray) -> np.ndarray:
     return np.sign(v).astype(np.float64) * np.floor(a + 0.5)
 
 
-def quantize_q8_0(x: np.ndarray) -> np.ndarray:
-    """Rows x (..., n), n a multiple of 32 -> float64 values d16 * q, as a
-    Q8_0-quantized copy would dequantize."""
+def _q8_0_scaled(x: np.ndarray):
+    """Rows x (..., n), n a multiple of 32 -> (blocks of x * (1/d) in float32,
+    (blocks, 32); the scales d as stored, F16 rounded, float64 (blocks,))."""
     x32 = np.asarray(x, dtype=np.float64).astype(F32)
-    shape = x32.shape
-    if shape[-1] % 32:
-        raise ValueError(f"Q8_0 activations need a multiple of 32 columns, got {shape[-1]}")
+    if x32.shape[-1] % 32:
+        raise ValueError(f"Q8_0 activations need a multiple of 32 columns, got {x32.shape[-1]}")
     b = x32.reshape(-1, 32)                                   # (blocks, 32)
     amax = np.max(np.abs(b), axis=1)                          # (blocks,) float32
     d = (amax / F32(127)).astype(F32)                         # float32 division
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, F32(1) / np.where(d != 0, d, F32(1)), F32(0)).astype(F32)
     prod = (b * inv[:, None]).astype(F32)                     # float32 product
-    q = _roundf(prod)                                         # in [-127, 127]
     d16 = d.astype(np.float16).astype(np.float64)             # scale as stored (F16, RNE)
-    return (q * d16[:, None]).reshape(shape)
+    return prod, d16
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """Rows x (..., n), n a multiple of 32 -> float64 values d16 * q, as a
+    Q8_0-quantized copy would dequantize."""
+    prod, d16 = _q8_0_scaled(x)
+    q = _roundf(prod)                                         # in [-127, 127]
+    return (q * d16[:, None]).reshape(np.shape(x))
 
 
 def _nearest_int(v: np.ndarray) -> np.ndarray:
@@ -61,23 +67,43 @@ def _nearest_int(v: np.ndarray) -> np.ndarray:
     return np.rint(v.astype(np.float64))
 
 
-def quantize_q8_k(x: np.ndarray) -> np.ndarray:
-    """Rows x (..., n), n a multiple of 256 -> float64 values d * q, as a
-    Q8_K-quantized copy would dequantize."""
+def _q8_k_scaled(x: np.ndarray):
+    """Rows x (..., n), n a multiple of 256 -> (blocks of iscale * x in float32,
+    (blocks, 256), zero for an all-zero block; d = 1 / iscale, float64 (blocks,))."""
     x32 = np.asarray(x, dtype=np.float64).astype(F32)
-    shape = x32.shape
-    if shape[-1] % 256:
-        raise ValueError(f"Q8_K activations need a multiple of 256 columns, got {shape[-1]}")
+    if x32.shape[-1] % 256:
+        raise ValueError(f"Q8_K activations need a multiple of 256 columns, got {x32.shape[-1]}")
     b = x32.reshape(-1, 256)                                  # (blocks, 256)
     first = np.argmax(np.abs(b), axis=1)                      # first of largest |x|
     mx = b[np.arange(len(b)), first]                          # (blocks,) signed
-    out = np.zeros(b.shape, dtype=np.float64)
+    prod = np.zeros(b.shape, dtype=F32)
+    d = np.zeros(len(b), dtype=np.float64)
     nz = mx != 0
     iscale = (F32(-127) / mx[nz]).astype(F32)                 # float32 division
-    q = np.minimum(_nearest_int((b[nz] * iscale[:, None]).astype(F32)), 127)
-    d = (F32(1) / iscale).astype(F32).astype(np.float64)
-    out[nz] = q * d[:, None]
-    return out.reshape(shape)
+    prod[nz] = (b[nz] * iscale[:, None]).astype(F32)
+    d[nz] = (F32(1) / iscale).astype(F32).astype(np.float64)
+    return prod, d
+
+
+def quantize_q8_k(x: np.ndarray) -> np.ndarray:
+    """Rows x (..., n), n a multiple of 256 -> float64 values d * q, as a
+    Q8_K-quantized copy would dequantize."""
+    prod, d = _q8_k_scaled(x)
+    q = np.minimum(_nearest_int(prod), 127)
+    return (q * d[:, None]).reshape(np.shape(x))
+
+
+# A scaled value within this fraction of its magnitude (~16 float32 ulps) of a
+# rounding boundary (k + 1/2) may round to either side in two correct
+# implementations: their float32 activations differ in the last bits (1e-7
+# relative), and which side wins is noise. One such quant moving by a step in
+# a middle layer moves that position's logits by up to ~1e-2 of their max.
+TIE_BAND = 5e-7
+
+
+def _near_boundary(prod: np.ndarray) -> np.ndarray:
+    a = np.abs(prod.astype(np.float64))
+    return np.abs(a - np.floor(a) - 0.5) <= TIE_BAND * np.maximum(a, 1.0)
 
 
 # Weight type -> the activation quantizer its kernels use. Float weight types
@@ -94,3 +120,19 @@ def quantize_activations(x: np.ndarray, weight_type: str) -> np.ndarray:
     """x as the kernels for `weight_type` see it (unchanged for float types)."""
     fn = ACTIVATION_QUANTIZER.get(weight_type)
     return np.asarray(x, dtype=np.float64) if fn is None else fn(x)
+
+
+_SCALED = {"Q8_0": _q8_0_scaled, "Q4_0": _q8_0_scaled, "Q4_K": _q8_k_scaled, "Q6_K": _q8_k_scaled}
+
+
+def near_tie_rows(x: np.ndarray, weight_type: str) -> np.ndarray:
+    """(rows,) bool: which rows of x (rows, n) have a value the kernels for
+    `weight_type` quantize within TIE_BAND of a rounding boundary (none for
+    float types)."""
+    x = np.asarray(x)
+    rows = x.shape[0]
+    fn = _SCALED.get(weight_type)
+    if fn is None:
+        return np.zeros(rows, dtype=bool)
+    prod, _ = fn(x)
+    return _near_boundary(prod).reshape(rows, -1).any(axis=1)

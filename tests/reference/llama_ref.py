@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gguf_py  # noqa: E402
-from act_quant import quantize_activations  # noqa: E402
+from act_quant import near_tie_rows, quantize_activations  # noqa: E402
 from dequant import dequantize  # noqa: E402
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -308,6 +308,7 @@ class Model:
         g = self.gguf
         self.cfg = cfg = Config.from_gguf(g)
         self.act_quant = act_quant
+        self.tie_rows = np.zeros(0, dtype=bool)              # of the last forward_batch
         self.weight_types = {}                               # tensor name -> type name
 
         def w(name: str, shape=None) -> np.ndarray:
@@ -352,10 +353,17 @@ class Model:
                 ("wo", "attn_output.weight"), ("w_gate", "ffn_gate.weight"),
                 ("w_up", "ffn_up.weight"), ("w_down", "ffn_down.weight"))}
 
-    def matmul(self, x: np.ndarray, W: np.ndarray, weight_type: str) -> np.ndarray:
+    def matmul(self, x: np.ndarray, W: np.ndarray, weight_type: str,
+               feeds_cache: bool = False) -> np.ndarray:
         """x (n, in) @ W.T (in, out), with x quantized as the kernels for weight_type
-        quantize it when act_quant is on."""
+        quantize it when act_quant is on. Rows whose quantization sits on a rounding
+        tie are marked in tie_rows; for a product that is cached (K, V), the rows
+        after it too, since they attend to it."""
         if self.act_quant:
+            ties = near_tie_rows(x, weight_type)
+            if feeds_cache and ties.any():
+                ties[int(np.argmax(ties)):] = True
+            self.tie_rows |= ties
             x = quantize_activations(x, weight_type)
         return x @ W.T
 
@@ -377,6 +385,10 @@ class Model:
         if min(tokens) < 0 or max(tokens) >= cfg.vocab_size:
             raise ValueError(f"token id out of range [0, {cfg.vocab_size})")
         n = len(tokens)
+        # (n,) rows of this batch that a rounding tie in the emulated activation
+        # quantization makes uncertain (act_quant only; see act_quant.TIE_BAND).
+        # Ties in the keys and values of earlier batches are not tracked.
+        self.tie_rows = np.zeros(n, dtype=bool)
         start = cache.append_cells(tokens)
         n_cells = cache.n_cells
 
@@ -395,8 +407,8 @@ class Model:
             # --- attention ---
             h = rms_norm(x, L["attn_norm"], cfg.rms_eps)  # (n, dim)
             q = self.matmul(h, L["wq"], L["types"]["wq"])  # (n, n_heads*hd)
-            k = self.matmul(h, L["wk"], L["types"]["wk"])  # (n, n_kv*hd)
-            v = self.matmul(h, L["wv"], L["types"]["wv"])  # (n, n_kv*hd)
+            k = self.matmul(h, L["wk"], L["types"]["wk"], feeds_cache=True)  # (n, n_kv*hd)
+            v = self.matmul(h, L["wv"], L["types"]["wv"], feeds_cache=True)  # (n, n_kv*hd)
             if L["bq"] is not None:
                 q = q + L["bq"]
             if L["bk"] is not None:

@@ -91,6 +91,18 @@ class TestHandMade(unittest.TestCase):
         for t in ("F32", "F16", "BF16"):
             np.testing.assert_array_equal(act_quant.quantize_activations(x, t), x)
 
+    def test_near_tie_rows_marks_rows_on_a_rounding_boundary(self):
+        # amax 127 -> d = 1 (Q8_0) and iscale = -1 (Q8_K): x is its own scaled value.
+        x = np.zeros((4, 256))
+        x[:, 0] = 127
+        x[1, 7] = 2.5                                   # on the boundary
+        x[2, 9] = -40.5 * (1 + 2e-7)                    # ~2 float32 ulps off it
+        x[3, 9] = 40.5 * (1 + 1e-5)                     # clearly off it
+        for t in ("Q8_0", "Q4_0", "Q4_K", "Q6_K"):
+            np.testing.assert_array_equal(act_quant.near_tie_rows(x, t),
+                                          [False, True, True, False], t)
+        np.testing.assert_array_equal(act_quant.near_tie_rows(x, "F32"), [False] * 4)
+
 
 class TestVsScalarLoops(unittest.TestCase):
 

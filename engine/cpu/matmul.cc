@@ -62,9 +62,9 @@ const KernelSet* KernelsFor(Isa isa) {
     case Isa::kScalar:
       break;
   }
-  static const KernelSet* const kScalarSet =
+  static const KernelSet* const kSet =
       Compose(kIsaNames[0], HwyFloatKernels(Isa::kScalar), ScalarQuantKernels());
-  return kScalarSet;
+  return kSet;
 }
 
 // SINKSERVE_MATMUL_ISA=scalar|avx2|avx512 caps the choice (benchmarks, bug

@@ -7,7 +7,6 @@
 #include "engine/cpu/matmul_internal.h"
 #include "engine/gguf/fp16.h"
 #include "engine/gguf/quant_blocks.h"
-#include "engine/gguf/quant_ref.h"
 
 namespace sinkserve::engine::matmul_internal {
 namespace {

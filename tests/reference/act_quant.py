@@ -54,17 +54,26 @@ def _q8_0_scaled(x: np.ndarray):
     return prod, d16
 
 
+def _quantize(x: np.ndarray, scaled, rounding):
+    """(x quantized and dequantized, float64 of x's shape; the scaled values
+    that were rounded, float32 (blocks, block size))."""
+    prod, d = scaled(x)
+    return (rounding(prod) * d[:, None]).reshape(np.shape(x)), prod
+
+
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     """Rows x (..., n), n a multiple of 32 -> float64 values d16 * q, as a
     Q8_0-quantized copy would dequantize."""
-    prod, d16 = _q8_0_scaled(x)
-    q = _roundf(prod)                                         # in [-127, 127]
-    return (q * d16[:, None]).reshape(np.shape(x))
+    return _quantize(x, _q8_0_scaled, _roundf)[0]
 
 
 def _nearest_int(v: np.ndarray) -> np.ndarray:
     """ggml's nearest_int: round half to even (v float32, |v| small)."""
     return np.rint(v.astype(np.float64))
+
+
+def _round_q8_k(prod: np.ndarray) -> np.ndarray:
+    return np.minimum(_nearest_int(prod), 127)
 
 
 def _q8_k_scaled(x: np.ndarray):
@@ -88,12 +97,10 @@ def _q8_k_scaled(x: np.ndarray):
 def quantize_q8_k(x: np.ndarray) -> np.ndarray:
     """Rows x (..., n), n a multiple of 256 -> float64 values d * q, as a
     Q8_K-quantized copy would dequantize."""
-    prod, d = _q8_k_scaled(x)
-    q = np.minimum(_nearest_int(prod), 127)
-    return (q * d[:, None]).reshape(np.shape(x))
+    return _quantize(x, _q8_k_scaled, _round_q8_k)[0]
 
 
-# A scaled value within this fraction of its magnitude (~16 float32 ulps) of a
+# A scaled value within this fraction of its magnitude (4-8 float32 ulps) of a
 # rounding boundary (k + 1/2) may round to either side in two correct
 # implementations: their float32 activations differ in the last bits (1e-7
 # relative), and which side wins is noise. One such quant moving by a step in
@@ -106,33 +113,35 @@ def _near_boundary(prod: np.ndarray) -> np.ndarray:
     return np.abs(a - np.floor(a) - 0.5) <= TIE_BAND * np.maximum(a, 1.0)
 
 
-# Weight type -> the activation quantizer its kernels use. Float weight types
-# (F32, F16, BF16) take the activations as they are.
-ACTIVATION_QUANTIZER = {
-    "Q8_0": quantize_q8_0,
-    "Q4_0": quantize_q8_0,
-    "Q4_K": quantize_q8_k,
-    "Q6_K": quantize_q8_k,
+# Weight type -> (scaling, rounding) of the activation quantizer its kernels
+# use. Float weight types (F32, F16, BF16) take the activations as they are.
+_QUANTIZER = {
+    "Q8_0": (_q8_0_scaled, _roundf),
+    "Q4_0": (_q8_0_scaled, _roundf),
+    "Q4_K": (_q8_k_scaled, _round_q8_k),
+    "Q6_K": (_q8_k_scaled, _round_q8_k),
 }
+
+
+def quantize_marking_ties(x: np.ndarray, weight_type: str):
+    """x (rows, n) as the kernels for `weight_type` see it (unchanged for
+    float types), and (rows,) bool: which rows have a value quantized within
+    TIE_BAND of a rounding boundary."""
+    x = np.asarray(x, dtype=np.float64)
+    rows = x.shape[0]
+    if weight_type not in _QUANTIZER:
+        return x, np.zeros(rows, dtype=bool)
+    values, prod = _quantize(x, *_QUANTIZER[weight_type])
+    return values, _near_boundary(prod).reshape(rows, -1).any(axis=1)
 
 
 def quantize_activations(x: np.ndarray, weight_type: str) -> np.ndarray:
     """x as the kernels for `weight_type` see it (unchanged for float types)."""
-    fn = ACTIVATION_QUANTIZER.get(weight_type)
-    return np.asarray(x, dtype=np.float64) if fn is None else fn(x)
-
-
-_SCALED = {"Q8_0": _q8_0_scaled, "Q4_0": _q8_0_scaled, "Q4_K": _q8_k_scaled, "Q6_K": _q8_k_scaled}
+    return quantize_marking_ties(x, weight_type)[0]
 
 
 def near_tie_rows(x: np.ndarray, weight_type: str) -> np.ndarray:
     """(rows,) bool: which rows of x (rows, n) have a value the kernels for
     `weight_type` quantize within TIE_BAND of a rounding boundary (none for
     float types)."""
-    x = np.asarray(x)
-    rows = x.shape[0]
-    fn = _SCALED.get(weight_type)
-    if fn is None:
-        return np.zeros(rows, dtype=bool)
-    prod, _ = fn(x)
-    return _near_boundary(prod).reshape(rows, -1).any(axis=1)
+    return quantize_marking_ties(x, weight_type)[1]

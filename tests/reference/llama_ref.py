@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gguf_py  # noqa: E402
-from act_quant import near_tie_rows, quantize_activations  # noqa: E402
+from act_quant import quantize_marking_ties  # noqa: E402
 from dequant import dequantize  # noqa: E402
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -360,11 +360,10 @@ class Model:
         tie are marked in tie_rows; for a product that is cached (K, V), the rows
         after it too, since they attend to it."""
         if self.act_quant:
-            ties = near_tie_rows(x, weight_type)
+            x, ties = quantize_marking_ties(x, weight_type)
             if feeds_cache and ties.any():
                 ties[int(np.argmax(ties)):] = True
             self.tie_rows |= ties
-            x = quantize_activations(x, weight_type)
         return x @ W.T
 
     def new_cache(self, pos_offset: int = 0) -> Cache:
